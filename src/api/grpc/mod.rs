@@ -1,0 +1,29 @@
+//! The gRPC services, built into one router over the shared core.
+
+pub mod crypto;
+pub mod deadline;
+pub mod pb;
+
+use crate::signer::Signer;
+use pb::kms::asymmetric_signature_crypto_service_server::AsymmetricSignatureCryptoServiceServer;
+use std::sync::Arc;
+
+/// Largest encoded gRPC request accepted. Sign's 32 KiB message plus framing fits; a larger
+/// frame is refused from its length prefix, before its body is buffered.
+pub const MAX_REQUEST_BYTES: usize = 64 * 1024;
+
+/// Routes for every gRPC service, plus the health reporter to drive.
+pub fn routes(signer: Arc<Signer>) -> (axum::Router, tonic_health::server::HealthReporter) {
+    let crypto = AsymmetricSignatureCryptoServiceServer::new(crypto::CryptoService::new(signer))
+        .max_decoding_message_size(MAX_REQUEST_BYTES);
+    let (health_reporter, health) = tonic_health::server::health_reporter();
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .expect("the compiled descriptor set is valid");
+    let router = tonic::service::Routes::new(crypto)
+        .add_service(health)
+        .add_service(reflection)
+        .into_axum_router();
+    (router, health_reporter)
+}

@@ -1,0 +1,6 @@
+//! Transports: decoding, field validation, and the listener. The core lives in
+//! [`crate::signer`].
+
+pub mod grpc;
+pub mod server;
+pub mod validate;

@@ -1,0 +1,151 @@
+//! Builds the gateway from a config — HSM, keys, services, listener — and runs it until a
+//! shutdown signal.
+
+use crate::api::{grpc, server};
+use crate::config::Config;
+use crate::hsm::{Hsm, HsmError, KeySpec};
+use crate::keys::{KeyEntry, KeyRegistry, KeySource};
+use crate::signer::Signer;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use tokio::net::TcpListener;
+
+/// Why the gateway could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The HSM could not be used.
+    #[error("HSM: {0}")]
+    Hsm(#[from] HsmError),
+    /// Configured keys are missing or unfit; every one is listed.
+    #[error("{} configured key(s) cannot be served:\n  {}", .0.len(), .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n  "))]
+    Keys(Vec<HsmError>),
+    /// The listener could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// A blocking start-up task failed.
+    #[error("start-up task failed: {0}")]
+    Task(String),
+}
+
+/// A built gateway, bound to its address and ready to run.
+pub struct App {
+    listener: TcpListener,
+    router: axum::Router,
+    hsm: Hsm,
+    signer: Arc<Signer>,
+    limits: server::ServerLimits,
+}
+
+impl std::fmt::Debug for App {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("App")
+            .field("addr", &self.listener.local_addr().ok())
+            .finish_non_exhaustive()
+    }
+}
+
+impl App {
+    /// Connects to the HSM, resolves every configured key, and binds the listener.
+    ///
+    /// # Errors
+    /// Any HSM, key or bind failure; every unusable key is named.
+    pub async fn build(config: &Config) -> Result<Self, StartError> {
+        let cfg = config.hsm.clone();
+        let hsm = tokio::task::spawn_blocking(move || Hsm::connect(&cfg))
+            .await
+            .map_err(|e| StartError::Task(e.to_string()))??;
+        Self::build_with_hsm(config, hsm).await
+    }
+
+    /// Like [`App::build`] with an HSM that is already connected.
+    ///
+    /// # Errors
+    /// As [`App::build`].
+    pub async fn build_with_hsm(config: &Config, hsm: Hsm) -> Result<Self, StartError> {
+        let specs: Vec<KeySpec> = config
+            .keys
+            .iter()
+            .map(|k| KeySpec {
+                key_id: k.id.clone(),
+                selector: k.selector(),
+                algorithm: k.algorithm(),
+            })
+            .collect();
+        let resolved = {
+            let hsm = hsm.clone();
+            tokio::task::spawn_blocking(move || hsm.resolve_keys(&specs))
+                .await
+                .map_err(|e| StartError::Task(e.to_string()))??
+        };
+        let registry = Arc::new(KeyRegistry::default());
+        let mut failures = Vec::new();
+        for ((id, outcome), key) in resolved.into_iter().zip(&config.keys) {
+            match outcome {
+                Ok(public_key) => registry.insert(KeyEntry {
+                    id,
+                    algorithm: key.algorithm(),
+                    status: key.status,
+                    public_key,
+                    source: KeySource::Config,
+                }),
+                Err(e) => failures.push(e),
+            }
+        }
+        if !failures.is_empty() {
+            return Err(StartError::Keys(failures));
+        }
+        tracing::info!(keys = registry.len(), "keys resolved");
+
+        let signer = Arc::new(Signer::new(
+            registry,
+            hsm.clone(),
+            config.signing.verify_ecdsa,
+        ));
+        let (router, health) = grpc::routes(Arc::clone(&signer));
+        health
+            .set_serving::<grpc::pb::kms::asymmetric_signature_crypto_service_server::AsymmetricSignatureCryptoServiceServer<grpc::crypto::CryptoService>>()
+            .await;
+
+        let addr = config.server.listen;
+        let listener = TcpListener::bind(addr)
+            .await
+            .map_err(|source| StartError::Bind { addr, source })?;
+        Ok(Self {
+            listener,
+            router,
+            hsm,
+            signer,
+            limits: server::ServerLimits::default(),
+        })
+    }
+
+    /// The bound address (useful with port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener
+            .local_addr()
+            .expect("a bound TCP listener has an address")
+    }
+
+    /// The signing core.
+    pub fn signer(&self) -> &Arc<Signer> {
+        &self.signer
+    }
+
+    /// Serves until `shutdown` completes, drains in-flight requests, then closes every session
+    /// and finalises the module once.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) {
+        tracing::info!(addr = %self.local_addr(), "serving");
+        server::serve(self.listener, self.router, self.limits, shutdown).await;
+        let hsm = self.hsm;
+        if let Err(e) = tokio::task::spawn_blocking(move || hsm.shutdown()).await {
+            tracing::warn!(error = %e, "HSM shutdown task failed");
+        }
+        tracing::info!("stopped");
+    }
+}

@@ -1,0 +1,8 @@
+//! Algorithm table, digests, ECDSA DER encoding, public keys (SPKI/PEM) and verify-after-sign.
+
+pub mod algorithm;
+pub mod ecdsa_der;
+pub mod public_key;
+
+pub use algorithm::{Algorithm, Curve, HashAlg, KeyKind};
+pub use public_key::{PublicKey, PublicKeyError, VerifyError};

@@ -1,0 +1,215 @@
+//! Public keys read from the token: checked, encoded as SPKI/PEM, and used to verify signatures.
+//!
+//! Verification here is the gateway's own check of the token's output (verify-after-sign); it is
+//! RustCrypto, independent of the token that made the signature.
+
+use super::algorithm::{Algorithm, Curve, KeyKind};
+use der::{asn1::OctetString, Decode};
+use rsa::pkcs8::{EncodePublicKey, LineEnding};
+use sha2::{Digest, Sha256};
+use signature::hazmat::PrehashVerifier;
+
+/// A public key failed to parse or does not fit the declared algorithm.
+#[derive(Debug, thiserror::Error)]
+pub enum PublicKeyError {
+    /// The EC point is not a valid point on the expected curve.
+    #[error("the EC point is not a valid {0} point")]
+    BadPoint(&'static str),
+    /// RSA modulus or exponent are unusable.
+    #[error("the RSA public key is invalid: {0}")]
+    BadRsa(String),
+    /// The key's size or curve differs from what the algorithm needs.
+    #[error("{0}")]
+    Mismatch(String),
+    /// SPKI encoding failed.
+    #[error("cannot encode the public key as SPKI: {0}")]
+    Encode(String),
+}
+
+/// A signature did not verify under the key's public key.
+#[derive(Debug, thiserror::Error)]
+#[error("signature does not verify under the key's public key")]
+pub struct VerifyError;
+
+#[derive(Clone)]
+enum Verifier {
+    Rsa(rsa::RsaPublicKey),
+    P256(p256::ecdsa::VerifyingKey),
+    P384(p384::ecdsa::VerifyingKey),
+    P521(p521::ecdsa::VerifyingKey),
+    K256(k256::ecdsa::VerifyingKey),
+}
+
+impl std::fmt::Debug for Verifier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Verifier::Rsa(_) => "Rsa",
+            Verifier::P256(_) => "P256",
+            Verifier::P384(_) => "P384",
+            Verifier::P521(_) => "P521",
+            Verifier::K256(_) => "K256",
+        })
+    }
+}
+
+/// A checked public key with its SPKI encodings, ready to verify signatures.
+#[derive(Clone, Debug)]
+pub struct PublicKey {
+    spki_der: Vec<u8>,
+    pem: String,
+    verifier: Verifier,
+}
+
+impl PublicKey {
+    /// Builds an RSA key from big-endian modulus and exponent, checking the modulus size.
+    ///
+    /// # Errors
+    /// When the values are not a usable RSA key or the modulus is not `bits` long.
+    pub fn from_rsa(modulus: &[u8], exponent: &[u8], bits: usize) -> Result<Self, PublicKeyError> {
+        let n = rsa::BigUint::from_bytes_be(modulus);
+        let actual = n.bits();
+        if actual != bits {
+            return Err(PublicKeyError::Mismatch(format!(
+                "the RSA modulus is {actual} bits, the algorithm needs {bits}"
+            )));
+        }
+        let key = rsa::RsaPublicKey::new(n, rsa::BigUint::from_bytes_be(exponent))
+            .map_err(|e| PublicKeyError::BadRsa(e.to_string()))?;
+        let spki_der = key
+            .to_public_key_der()
+            .map_err(|e| PublicKeyError::Encode(e.to_string()))?
+            .into_vec();
+        Self::finish(spki_der, Verifier::Rsa(key))
+    }
+
+    /// Builds an EC key from `CKA_EC_POINT`, which tokens return either DER-wrapped in an
+    /// OCTET STRING (SoftHSM, as the spec says) or bare.
+    ///
+    /// # Errors
+    /// When the point is not a valid uncompressed or compressed point on `curve`.
+    pub fn from_ec_point(curve: Curve, ec_point: &[u8]) -> Result<Self, PublicKeyError> {
+        let point = unwrap_ec_point(curve, ec_point);
+        let bad = || PublicKeyError::BadPoint(curve.name());
+        let (spki, verifier) = match curve {
+            Curve::P256 => {
+                let k = p256::ecdsa::VerifyingKey::from_sec1_bytes(point).map_err(|_| bad())?;
+                (k.to_public_key_der(), Verifier::P256(k))
+            }
+            Curve::P384 => {
+                let k = p384::ecdsa::VerifyingKey::from_sec1_bytes(point).map_err(|_| bad())?;
+                (k.to_public_key_der(), Verifier::P384(k))
+            }
+            Curve::P521 => {
+                let k = p521::ecdsa::VerifyingKey::from_sec1_bytes(point).map_err(|_| bad())?;
+                let pk = p521::PublicKey::from_sec1_bytes(point).map_err(|_| bad())?;
+                (pk.to_public_key_der(), Verifier::P521(k))
+            }
+            Curve::Secp256k1 => {
+                let k = k256::ecdsa::VerifyingKey::from_sec1_bytes(point).map_err(|_| bad())?;
+                (k.to_public_key_der(), Verifier::K256(k))
+            }
+        };
+        let spki_der = spki
+            .map_err(|e| PublicKeyError::Encode(e.to_string()))?
+            .into_vec();
+        Self::finish(spki_der, verifier)
+    }
+
+    fn finish(spki_der: Vec<u8>, verifier: Verifier) -> Result<Self, PublicKeyError> {
+        let pem = der::pem::encode_string("PUBLIC KEY", LineEnding::LF, &spki_der)
+            .map_err(|e| PublicKeyError::Encode(e.to_string()))?;
+        Ok(Self {
+            spki_der,
+            pem,
+            verifier,
+        })
+    }
+
+    /// Checks that this key can serve `algorithm`.
+    ///
+    /// # Errors
+    /// When the key type, curve or modulus size differ from what the algorithm needs.
+    pub fn check_algorithm(&self, algorithm: Algorithm) -> Result<(), PublicKeyError> {
+        let fits = match (algorithm.key_kind(), &self.verifier) {
+            (KeyKind::Rsa { bits }, Verifier::Rsa(k)) => {
+                rsa::traits::PublicKeyParts::n(k).bits() == bits
+            }
+            (KeyKind::Ec(Curve::P256), Verifier::P256(_))
+            | (KeyKind::Ec(Curve::P384), Verifier::P384(_))
+            | (KeyKind::Ec(Curve::P521), Verifier::P521(_))
+            | (KeyKind::Ec(Curve::Secp256k1), Verifier::K256(_)) => true,
+            _ => false,
+        };
+        if fits {
+            Ok(())
+        } else {
+            Err(PublicKeyError::Mismatch(format!(
+                "the public key does not fit {algorithm}"
+            )))
+        }
+    }
+
+    /// DER SubjectPublicKeyInfo.
+    pub fn spki_der(&self) -> &[u8] {
+        &self.spki_der
+    }
+
+    /// PEM `PUBLIC KEY` block of the SPKI, as GetPublicKey returns it.
+    pub fn pem(&self) -> &str {
+        &self.pem
+    }
+
+    /// SHA-256 of the DER SPKI, lower-case hex: the key's pin fingerprint.
+    pub fn fingerprint(&self) -> String {
+        hex::encode(Sha256::digest(&self.spki_der))
+    }
+
+    /// Verifies a signature as the API returns it (PSS bytes, or DER ECDSA) over `digest`.
+    ///
+    /// # Errors
+    /// When the signature does not verify, or does not parse.
+    pub fn verify_prehash(
+        &self,
+        algorithm: Algorithm,
+        digest: &[u8],
+        signature: &[u8],
+    ) -> Result<(), VerifyError> {
+        let ok = match &self.verifier {
+            Verifier::Rsa(key) => {
+                let salt = algorithm.hash().digest_len();
+                let scheme = match algorithm.hash() {
+                    super::HashAlg::Sha256 => rsa::Pss::new_with_salt::<sha2::Sha256>(salt),
+                    super::HashAlg::Sha384 => rsa::Pss::new_with_salt::<sha2::Sha384>(salt),
+                    super::HashAlg::Sha512 => rsa::Pss::new_with_salt::<sha2::Sha512>(salt),
+                };
+                key.verify(scheme, digest, signature).is_ok()
+            }
+            Verifier::P256(k) => p256::ecdsa::Signature::from_der(signature)
+                .is_ok_and(|s| k.verify_prehash(digest, &s).is_ok()),
+            Verifier::P384(k) => p384::ecdsa::Signature::from_der(signature)
+                .is_ok_and(|s| k.verify_prehash(digest, &s).is_ok()),
+            Verifier::P521(k) => p521::ecdsa::Signature::from_der(signature)
+                .is_ok_and(|s| k.verify_prehash(digest, &s).is_ok()),
+            Verifier::K256(k) => k256::ecdsa::Signature::from_der(signature)
+                .is_ok_and(|s| k.verify_prehash(digest, &s).is_ok()),
+        };
+        if ok {
+            Ok(())
+        } else {
+            Err(VerifyError)
+        }
+    }
+}
+
+/// Returns the SEC1 point inside `CKA_EC_POINT`, unwrapping the OCTET STRING when present.
+fn unwrap_ec_point(curve: Curve, value: &[u8]) -> &[u8] {
+    let bare_uncompressed = 1 + 2 * curve.scalar_len();
+    if value.len() == bare_uncompressed && value.first() == Some(&0x04) {
+        return value;
+    }
+    match OctetString::from_der(value) {
+        // Borrow the inner bytes from `value` itself: they are its trailing octets.
+        Ok(os) => &value[value.len() - os.as_bytes().len()..],
+        Err(_) => value,
+    }
+}

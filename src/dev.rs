@@ -1,0 +1,269 @@
+//! `p11kms dev`: a private SoftHSM token with one key per algorithm, and the config that serves
+//! it. The first run creates everything through PKCS#11 itself; later runs reuse it.
+
+use crate::cli::DevArgs;
+use crate::config::Config;
+use crate::crypto::Algorithm;
+use crate::hsm::{self, Hsm, HsmError, KeySpec};
+use secrecy::SecretString;
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+/// Label of the dev token.
+pub const TOKEN_LABEL: &str = "p11kms-dev";
+/// Session pool size of the dev config.
+pub const POOL_SIZE: usize = 4;
+
+/// Where SoftHSMv2 usually lives on Debian/Ubuntu, Fedora, and source builds.
+const MODULE_CANDIDATES: &[&str] = &[
+    "/usr/lib/softhsm/libsofthsm2.so",
+    "/usr/lib/x86_64-linux-gnu/softhsm/libsofthsm2.so",
+    "/usr/lib/aarch64-linux-gnu/softhsm/libsofthsm2.so",
+    "/usr/lib64/pkcs11/libsofthsm2.so",
+    "/usr/lib/pkcs11/libsofthsm2.so",
+    "/usr/local/lib/softhsm/libsofthsm2.so",
+];
+
+/// A dev-mode failure, in words a developer can act on.
+#[derive(Debug, thiserror::Error)]
+#[error("dev mode: {0}")]
+pub struct DevError(String);
+
+impl From<HsmError> for DevError {
+    fn from(e: HsmError) -> Self {
+        DevError(e.to_string())
+    }
+}
+
+impl From<crate::config::ConfigError> for DevError {
+    fn from(e: crate::config::ConfigError) -> Self {
+        DevError(e.to_string())
+    }
+}
+
+fn io<'a>(what: &'a str, path: &'a Path) -> impl FnOnce(std::io::Error) -> DevError + 'a {
+    let what = what.to_string();
+    move |e| DevError(format!("{what} {}: {e}", path.display()))
+}
+
+/// The dev key id for an algorithm, e.g. `dev-ecdsa-nist-p256-sha-256`.
+pub fn key_id(algorithm: Algorithm) -> String {
+    format!("dev-{}", algorithm.kebab_name())
+}
+
+/// The prepared state directory.
+#[derive(Debug)]
+pub struct DevState {
+    dir: PathBuf,
+    module: PathBuf,
+    listen: SocketAddr,
+}
+
+impl DevState {
+    /// The generated config file.
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.join("p11kms.toml")
+    }
+}
+
+/// Creates the state directory, SoftHSM config and PINs, and points `SOFTHSM2_CONF` at them.
+///
+/// Call before any thread exists: it sets an environment variable, which the module reads at
+/// `C_Initialize`.
+///
+/// # Errors
+/// When the directory cannot be written or SoftHSMv2 is not installed.
+pub fn prepare(args: &DevArgs) -> Result<DevState, DevError> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    let module = match &args.module {
+        Some(m) => m.clone(),
+        None => MODULE_CANDIDATES
+            .iter()
+            .map(PathBuf::from)
+            .find(|p| p.exists())
+            .ok_or_else(|| {
+                DevError(
+                    "SoftHSMv2 is not installed: run ./scripts/dev (it installs it), or `sudo apt-get install softhsm2`, or pass --module".into(),
+                )
+            })?,
+    };
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(args.state_dir.join("tokens"))
+        .map_err(io("cannot create", &args.state_dir))?;
+    let dir = std::fs::canonicalize(&args.state_dir).map_err(io("cannot open", &args.state_dir))?;
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))
+        .map_err(io("cannot restrict", &dir))?;
+
+    let conf = dir.join("softhsm2.conf");
+    if !conf.exists() {
+        let text = format!(
+            "# SoftHSMv2 config of the p11kms dev token (generated).\n\
+             directories.tokendir = {}\n\
+             objectstore.backend = file\n\
+             log.level = ERROR\n\
+             slots.removable = false\n",
+            dir.join("tokens").display()
+        );
+        std::fs::write(&conf, text).map_err(io("cannot write", &conf))?;
+    }
+    for name in ["user.pin", "so.pin"] {
+        let path = dir.join(name);
+        if !path.exists() {
+            write_secret_file(&path, &random_pin())?;
+        }
+    }
+    // Safe to mutate the environment: no other thread exists yet (see the doc comment).
+    std::env::set_var("SOFTHSM2_CONF", &conf);
+    Ok(DevState {
+        dir,
+        module,
+        listen: args.listen,
+    })
+}
+
+fn random_pin() -> String {
+    let mut bytes = [0u8; 12];
+    rand::fill(&mut bytes);
+    hex::encode(bytes)
+}
+
+fn write_secret_file(path: &Path, secret: &str) -> Result<(), DevError> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(io("cannot create", path))?;
+    f.write_all(secret.as_bytes())
+        .map_err(io("cannot write", path))
+}
+
+fn read_secret(path: &Path) -> Result<SecretString, DevError> {
+    let text = std::fs::read_to_string(path).map_err(io("cannot read", path))?;
+    Ok(SecretString::from(text.trim_end()))
+}
+
+/// Writes the config that serves the dev token: every algorithm, under its dev key id.
+fn write_config(state: &DevState) -> Result<(), DevError> {
+    let mut text = format!(
+        "# p11kms config for the dev token (generated by `p11kms dev`; rewritten on every run).\n\
+         # To serve it without dev mode: SOFTHSM2_CONF={conf} p11kms serve --config {cfg}\n\n\
+         [server]\nlisten = \"{listen}\"\n\n\
+         [hsm]\nmodule = \"{module}\"\ntoken_label = \"{TOKEN_LABEL}\"\npin_file = \"user.pin\"\npool_size = {POOL_SIZE}\n",
+        conf = state.dir.join("softhsm2.conf").display(),
+        cfg = state.config_path().display(),
+        listen = state.listen,
+        module = state.module.display(),
+    );
+    for algorithm in Algorithm::ALL {
+        let id = key_id(algorithm);
+        let _ = write!(
+            text,
+            "\n[[keys]]\nid = \"{id}\"\nobject_id = \"{}\"\nalgorithm = \"{}\"\n",
+            hex::encode(id.as_bytes()),
+            algorithm.name()
+        );
+    }
+    let path = state.config_path();
+    std::fs::write(&path, text).map_err(io("cannot write", &path))
+}
+
+/// Creates the token and any missing keys, writes the config, and returns it with the
+/// connected HSM.
+///
+/// # Errors
+/// When the token cannot be created or a key cannot be generated.
+pub async fn provision(state: &DevState) -> Result<(Config, Hsm), DevError> {
+    write_config(state)?;
+    let config = Config::load(&state.config_path())?;
+    let module_path = state.module.clone();
+    let hsm_cfg = config.hsm.clone();
+    let so_pin = read_secret(&state.dir.join("so.pin"))?;
+    let hsm = tokio::task::spawn_blocking(move || -> Result<Hsm, DevError> {
+        let module = hsm::load(&module_path)?;
+        match Hsm::attach(module.clone(), &hsm_cfg) {
+            Ok(hsm) => Ok(hsm),
+            Err(HsmError::TokenSelection(_)) => {
+                tracing::info!("creating the dev token {TOKEN_LABEL:?}");
+                let user_pin = hsm_cfg.pin.clone().expect("loaded with the config");
+                hsm::init_token(&module, TOKEN_LABEL, &so_pin, &user_pin)?;
+                Ok(Hsm::attach(module, &hsm_cfg)?)
+            }
+            Err(e) => Err(e.into()),
+        }
+    })
+    .await
+    .map_err(|e| DevError(e.to_string()))??;
+
+    let specs: Vec<KeySpec> = config
+        .keys
+        .iter()
+        .map(|k| KeySpec {
+            key_id: k.id.clone(),
+            selector: k.selector(),
+            algorithm: k.algorithm(),
+        })
+        .collect();
+    let resolved = {
+        let hsm = hsm.clone();
+        tokio::task::spawn_blocking(move || hsm.resolve_keys(&specs))
+            .await
+            .map_err(|e| DevError(e.to_string()))??
+    };
+    let mut missing = Vec::new();
+    for ((id, outcome), key) in resolved.into_iter().zip(&config.keys) {
+        match outcome {
+            Ok(_) => {}
+            Err(HsmError::KeyMissing { .. }) => missing.push((id, key.algorithm())),
+            Err(e) => return Err(e.into()),
+        }
+    }
+    if !missing.is_empty() {
+        tracing::info!(
+            keys = missing.len(),
+            "generating dev keys on the token (RSA-4096 takes a while)"
+        );
+        let mut jobs = tokio::task::JoinSet::new();
+        for (id, algorithm) in missing {
+            let hsm = hsm.clone();
+            jobs.spawn(async move {
+                hsm.generate_key_pair(&id, algorithm, id.as_bytes().to_vec(), id.clone())
+                    .await
+            });
+        }
+        while let Some(outcome) = jobs.join_next().await {
+            outcome.map_err(|e| DevError(format!("key generation task failed: {e}")))??;
+        }
+    }
+    Ok((config, hsm))
+}
+
+/// What `p11kms dev` prints once it is serving.
+pub fn banner(state: &DevState, addr: SocketAddr) -> String {
+    let mut out = format!(
+        "\np11kms dev is serving the Yandex KMS API on {addr} (gRPC, plaintext, local only)\n\
+         state: {}  (token {TOKEN_LABEL:?}; config {})\n\nkeys:\n",
+        state.dir.display(),
+        state.config_path().display()
+    );
+    for algorithm in Algorithm::ALL {
+        let _ = writeln!(out, "  {:<34} {}", key_id(algorithm), algorithm.name());
+    }
+    let _ = write!(
+        out,
+        "\ntry it (message is base64 of \"hello\"):\n  \
+         grpcurl -plaintext -d '{{\"key_id\":\"dev-ecdsa-nist-p256-sha-256\",\"message\":\"aGVsbG8=\"}}' \\\n    \
+         {addr} yandex.cloud.kms.v1.asymmetricsignature.AsymmetricSignatureCryptoService/Sign\n\n\
+         or from Python (pip install yandexcloud):\n  \
+         import grpc\n  \
+         from yandex.cloud.kms.v1.asymmetricsignature import asymmetric_signature_crypto_service_pb2 as pb, asymmetric_signature_crypto_service_pb2_grpc as svc\n  \
+         stub = svc.AsymmetricSignatureCryptoServiceStub(grpc.insecure_channel(\"{addr}\"))\n  \
+         print(stub.Sign(pb.AsymmetricSignRequest(key_id=\"dev-ecdsa-nist-p256-sha-256\", message=b\"hello\")).signature.hex())\n"
+    );
+    out
+}

@@ -1,0 +1,167 @@
+//! The one error type of the request path, and its single mapping to a gRPC status.
+//!
+//! Client-facing messages say what to fix. Token failures reach clients sanitised, as INTERNAL
+//! or UNAVAILABLE; the full cause is logged here, at the edge, once.
+
+use crate::hsm::{ErrorClass, HsmError};
+use tonic::{Code, Status};
+
+type Source = Box<dyn std::error::Error + Send + Sync>;
+
+/// Everything a request can fail with, grouped by what the caller should do.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A field is malformed or out of range; the message names the field and the limit.
+    #[error("{0}")]
+    InvalidArgument(String),
+    /// The key does not exist (or was deleted).
+    #[error("{0}")]
+    NotFound(String),
+    /// The key exists but cannot be used now: inactive, changed on the token, protected.
+    #[error("{0}")]
+    FailedPrecondition(String),
+    /// No or invalid credentials.
+    #[error("{0}")]
+    Unauthenticated(String),
+    /// Valid credentials without a role for this key.
+    #[error("{0}")]
+    PermissionDenied(String),
+    /// A limit was hit: rate limit, or no HSM session within the pool wait.
+    #[error("{0}")]
+    ResourceExhausted(String),
+    /// The request's own deadline passed.
+    #[error("{0}")]
+    DeadlineExceeded(String),
+    /// The HSM is unreachable or recovering; retrying later may work.
+    #[error("{message}")]
+    Unavailable {
+        /// Safe for clients.
+        message: String,
+        /// Logged, never sent.
+        #[source]
+        source: Option<Source>,
+    },
+    /// Anything else that went wrong on our side; clients get a generic message.
+    #[error("{message}")]
+    Internal {
+        /// Safe for clients.
+        message: String,
+        /// Logged, never sent.
+        #[source]
+        source: Option<Source>,
+    },
+}
+
+impl Error {
+    /// An INTERNAL error with a logged cause.
+    pub fn internal(message: impl Into<String>, source: impl Into<Source>) -> Self {
+        Error::Internal {
+            message: message.into(),
+            source: Some(source.into()),
+        }
+    }
+
+    /// An UNAVAILABLE error with a logged cause.
+    pub fn unavailable(message: impl Into<String>, source: impl Into<Source>) -> Self {
+        Error::Unavailable {
+            message: message.into(),
+            source: Some(source.into()),
+        }
+    }
+
+    /// The gRPC code; REST derives its HTTP status from it too. No wildcard arm: a new variant
+    /// does not compile until someone decides its code.
+    pub fn code(&self) -> Code {
+        match self {
+            Error::InvalidArgument(_) => Code::InvalidArgument,
+            Error::NotFound(_) => Code::NotFound,
+            Error::FailedPrecondition(_) => Code::FailedPrecondition,
+            Error::Unauthenticated(_) => Code::Unauthenticated,
+            Error::PermissionDenied(_) => Code::PermissionDenied,
+            Error::ResourceExhausted(_) => Code::ResourceExhausted,
+            Error::DeadlineExceeded(_) => Code::DeadlineExceeded,
+            Error::Unavailable { .. } => Code::Unavailable,
+            Error::Internal { .. } => Code::Internal,
+        }
+    }
+
+    /// Logs the full cause chain for server-side failures; client errors are not worth a warning.
+    pub fn log(&self) {
+        match self {
+            Error::Internal { .. } => {
+                tracing::error!(error = %chain(self), "request failed");
+            }
+            Error::Unavailable { .. } => {
+                tracing::warn!(error = %chain(self), "request failed");
+            }
+            _ => tracing::debug!(code = ?self.code(), error = %self, "request refused"),
+        }
+    }
+}
+
+impl From<Error> for Status {
+    fn from(error: Error) -> Self {
+        error.log();
+        Status::new(error.code(), error.to_string())
+    }
+}
+
+/// `a: b: c` for an error and its sources.
+pub fn chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = error.to_string();
+    let mut next = error.source();
+    while let Some(e) = next {
+        out.push_str(": ");
+        out.push_str(&e.to_string());
+        next = e.source();
+    }
+    out
+}
+
+impl From<HsmError> for Error {
+    fn from(e: HsmError) -> Self {
+        let unavailable = |message: &str, e: HsmError| Error::unavailable(message, e);
+        match &e {
+            HsmError::PoolExhausted(_) => Error::ResourceExhausted(
+                "all HSM sessions are busy; retry with backoff or raise hsm.pool_size".into(),
+            ),
+            HsmError::DeadlineExceeded => Error::DeadlineExceeded(
+                "the request deadline passed while waiting for the HSM; retry with a longer deadline".into(),
+            ),
+            HsmError::ShuttingDown => unavailable("the gateway is shutting down; retry on another replica", e),
+            HsmError::Recovering => unavailable("the HSM is recovering; retry shortly", e),
+            HsmError::KeyNotResolved(_) => unavailable("the key is being re-resolved; retry", e),
+            HsmError::KeyMissing { key_id, .. } => Error::FailedPrecondition(format!(
+                "key {key_id} cannot be used: its key material is no longer on the token"
+            )),
+            HsmError::Key { key_id, reason } => Error::FailedPrecondition(format!(
+                "key {key_id} cannot be used: {reason}"
+            )),
+            HsmError::Module { .. } | HsmError::TokenSelection(_) => {
+                unavailable("the HSM is unavailable", e)
+            }
+            HsmError::Credential(_) => {
+                unavailable("the gateway cannot log in to the HSM; an operator must act", e)
+            }
+            HsmError::Worker(_) => Error::internal("internal error in the signing backend", e),
+            HsmError::Call { class, .. } => match class {
+                ErrorClass::Request => {
+                    Error::internal("the HSM refused an input the gateway accepted", e)
+                }
+                ErrorClass::KeyConfig => Error::FailedPrecondition(
+                    "the HSM does not allow this key to sign with its algorithm; check the key's attributes and the token's mechanisms".into(),
+                ),
+                ErrorClass::Busy => Error::ResourceExhausted(
+                    "the HSM is out of sessions or memory; retry with backoff".into(),
+                ),
+                ErrorClass::Credential => {
+                    unavailable("the gateway cannot log in to the HSM; an operator must act", e)
+                }
+                ErrorClass::Session
+                | ErrorClass::Login
+                | ErrorClass::Device
+                | ErrorClass::Ambiguous => unavailable("the HSM is unavailable; retry shortly", e),
+            },
+        }
+    }
+}

@@ -1,0 +1,85 @@
+//! The `p11kms` binary: parse, load, run until SIGTERM or SIGINT.
+
+use clap::Parser;
+use p11kms::cli::{Cli, Command};
+use p11kms::{dev, telemetry, App, Config};
+use std::process::ExitCode;
+
+/// Blocking threads beyond the session pool: start-up, shutdown and key generation.
+const EXTRA_BLOCKING_THREADS: usize = 4;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    // Everything that must happen before threads exist (config, environment) happens here.
+    let prepared = match &cli.command {
+        Command::Serve { config } => Config::load(config)
+            .map(Mode::Serve)
+            .map_err(|e| e.to_string()),
+        Command::Dev(args) => dev::prepare(args)
+            .map(|state| Mode::Dev(state, args.init_only))
+            .map_err(|e| e.to_string()),
+    };
+    let mode = match prepared {
+        Ok(mode) => mode,
+        Err(e) => {
+            eprintln!("p11kms: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let (format, pool) = match &mode {
+        Mode::Serve(cfg) => (cfg.log.format, cfg.hsm.pool_size),
+        Mode::Dev(..) => (Default::default(), dev::POOL_SIZE),
+    };
+    telemetry::init(format);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .max_blocking_threads(pool + EXTRA_BLOCKING_THREADS)
+        .build()
+        .expect("the tokio runtime starts");
+    match runtime.block_on(run(mode)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("p11kms: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+enum Mode {
+    Serve(Config),
+    Dev(dev::DevState, bool),
+}
+
+async fn run(mode: Mode) -> Result<(), Box<dyn std::error::Error>> {
+    let app = match mode {
+        Mode::Serve(config) => App::build(&config).await?,
+        Mode::Dev(state, init_only) => {
+            let (config, hsm) = dev::provision(&state).await?;
+            if init_only {
+                hsm.shutdown();
+                println!(
+                    "p11kms dev state is ready in {}",
+                    state.config_path().display()
+                );
+                return Ok(());
+            }
+            let app = App::build_with_hsm(&config, hsm).await?;
+            println!("{}", dev::banner(&state, app.local_addr()));
+            app
+        }
+    };
+    // One line on stdout that scripts and tests wait for instead of sleeping.
+    println!("p11kms listening on {}", app.local_addr());
+    app.run(shutdown_signal()).await;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler installs");
+    let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler installs");
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM received"),
+        _ = int.recv() => tracing::info!("SIGINT received"),
+    }
+}
