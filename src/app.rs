@@ -3,13 +3,19 @@
 
 use crate::api::{grpc, server};
 use crate::config::Config;
+use crate::config::KeyConfig;
 use crate::hsm::{Hsm, HsmError, KeySpec};
 use crate::keys::{KeyEntry, KeyRegistry, KeySource};
 use crate::signer::Signer;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tonic_health::server::HealthReporter;
+use tonic_health::ServingStatus;
 
 /// Why the gateway could not start.
 #[derive(Debug, thiserror::Error)]
@@ -39,6 +45,7 @@ pub struct App {
     router: axum::Router,
     hsm: Hsm,
     signer: Arc<Signer>,
+    health: HealthReporter,
     limits: server::ServerLimits,
 }
 
@@ -68,15 +75,7 @@ impl App {
     /// # Errors
     /// As [`App::build`].
     pub async fn build_with_hsm(config: &Config, hsm: Hsm) -> Result<Self, StartError> {
-        let specs: Vec<KeySpec> = config
-            .keys
-            .iter()
-            .map(|k| KeySpec {
-                key_id: k.id.clone(),
-                selector: k.selector(),
-                algorithm: k.algorithm(),
-            })
-            .collect();
+        let specs: Vec<KeySpec> = config.keys.iter().map(KeyConfig::spec).collect();
         let resolved = {
             let hsm = hsm.clone();
             tokio::task::spawn_blocking(move || hsm.resolve_keys(&specs))
@@ -108,9 +107,6 @@ impl App {
             config.signing.verify_ecdsa,
         ));
         let (router, health) = grpc::routes(Arc::clone(&signer));
-        health
-            .set_serving::<grpc::pb::kms::asymmetric_signature_crypto_service_server::AsymmetricSignatureCryptoServiceServer<grpc::crypto::CryptoService>>()
-            .await;
 
         let addr = config.server.listen;
         let listener = TcpListener::bind(addr)
@@ -121,7 +117,11 @@ impl App {
             router,
             hsm,
             signer,
-            limits: server::ServerLimits::default(),
+            health,
+            limits: server::ServerLimits {
+                shutdown_grace: Duration::from_millis(config.server.shutdown_grace_ms),
+                ..server::ServerLimits::default()
+            },
         })
     }
 
@@ -141,11 +141,40 @@ impl App {
     /// and finalises the module once.
     pub async fn run(self, shutdown: impl Future<Output = ()>) {
         tracing::info!(addr = %self.local_addr(), "serving");
+        let stop = CancellationToken::new();
+        let background = self.hsm.spawn_background(stop.clone());
+        let health = tokio::spawn(report_health(self.hsm.health(), self.health, stop.clone()));
         server::serve(self.listener, self.router, self.limits, shutdown).await;
+        stop.cancel();
+        let _ = tokio::join!(background, health);
         let hsm = self.hsm;
         if let Err(e) = tokio::task::spawn_blocking(move || hsm.shutdown()).await {
             tracing::warn!(error = %e, "HSM shutdown task failed");
         }
         tracing::info!("stopped");
+    }
+}
+
+/// Mirrors the HSM's health into `grpc.health.v1`: SERVING only while the token answers. The
+/// health service answers from memory, so a hung token cannot hang it.
+async fn report_health(
+    mut healthy: watch::Receiver<bool>,
+    reporter: HealthReporter,
+    stop: CancellationToken,
+) {
+    loop {
+        let status = if *healthy.borrow_and_update() {
+            ServingStatus::Serving
+        } else {
+            ServingStatus::NotServing
+        };
+        reporter.set_service_status("", status).await;
+        reporter
+            .set_service_status(grpc::CRYPTO_SERVICE_NAME, status)
+            .await;
+        tokio::select! {
+            changed = healthy.changed() => if changed.is_err() { return },
+            () = stop.cancelled() => return,
+        }
     }
 }

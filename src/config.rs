@@ -49,14 +49,22 @@ pub struct ServerConfig {
     /// Address the gRPC listener binds; port 0 picks a free port.
     #[serde(default = "default_listen")]
     pub listen: SocketAddr,
+    /// After SIGTERM, how long in-flight requests may take to finish, in milliseconds.
+    #[serde(default = "default_shutdown_grace_ms")]
+    pub shutdown_grace_ms: u64,
 }
 
 impl Default for ServerConfig {
     fn default() -> Self {
         Self {
             listen: default_listen(),
+            shutdown_grace_ms: default_shutdown_grace_ms(),
         }
     }
+}
+
+fn default_shutdown_grace_ms() -> u64 {
+    10_000
 }
 
 fn default_listen() -> SocketAddr {
@@ -83,6 +91,9 @@ pub struct HsmConfig {
     /// How long a request waits for a free session before RESOURCE_EXHAUSTED, in milliseconds.
     #[serde(default = "default_pool_wait_ms")]
     pub pool_wait_ms: u64,
+    /// How often the token is probed for health, in milliseconds.
+    #[serde(default = "default_probe_interval_ms")]
+    pub probe_interval_ms: u64,
     /// The PIN, read at load time from `pin_file` or `pin_env`.
     #[serde(skip)]
     pub pin: Option<SecretString>,
@@ -94,6 +105,10 @@ fn default_pool_size() -> usize {
 
 fn default_pool_wait_ms() -> u64 {
     2000
+}
+
+fn default_probe_interval_ms() -> u64 {
+    1000
 }
 
 /// How the token is chosen; never by slot number, which can change across restarts.
@@ -196,6 +211,9 @@ pub struct KeyConfig {
     /// ACTIVE or INACTIVE.
     #[serde(default)]
     pub status: KeyStatus,
+    /// Optional SHA-256 (hex) of the key's DER SubjectPublicKeyInfo. When set, the key is only
+    /// served if the token's public key has exactly this fingerprint.
+    pub pin_sha256: Option<String>,
 }
 
 /// How a key's objects are found on the token.
@@ -224,6 +242,25 @@ impl KeyConfig {
             (None, Some(label)) => ObjectSelector::Label(label.clone()),
             (None, None) => unreachable!("validated at load"),
         }
+    }
+
+    /// What the HSM layer needs to find and check this key.
+    pub fn spec(&self) -> crate::hsm::KeySpec {
+        crate::hsm::KeySpec {
+            key_id: self.id.clone(),
+            selector: self.selector(),
+            algorithm: self.algorithm(),
+            pin_sha256: self.pin(),
+        }
+    }
+
+    /// The operator's public-key pin (validated at load).
+    pub fn pin(&self) -> Option<[u8; 32]> {
+        self.pin_sha256.as_ref().map(|h| {
+            let mut pin = [0u8; 32];
+            hex::decode_to_slice(h, &mut pin).expect("validated at load");
+            pin
+        })
     }
 
     /// The algorithm (validated at load).
@@ -281,6 +318,9 @@ impl Config {
             }
             _ => {}
         }
+        if hsm.probe_interval_ms < 100 {
+            return Err(err("hsm.probe_interval_ms: must be at least 100"));
+        }
         if hsm.pool_size == 0 {
             return Err(err("hsm.pool_size: must be at least 1"));
         }
@@ -308,6 +348,14 @@ impl Config {
                     key.algorithm,
                     names.join(", ")
                 )));
+            }
+            if let Some(pin) = &key.pin_sha256 {
+                let mut buf = [0u8; 32];
+                if hex::decode_to_slice(pin, &mut buf).is_err() {
+                    return Err(err(format!(
+                        "{at}: pin_sha256 must be 64 hex characters (SHA-256 of the DER SubjectPublicKeyInfo)"
+                    )));
+                }
             }
             match (&key.object_id, &key.object_label) {
                 (Some(_), Some(_)) => {

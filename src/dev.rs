@@ -3,6 +3,7 @@
 
 use crate::cli::DevArgs;
 use crate::config::Config;
+use crate::config::KeyConfig;
 use crate::crypto::Algorithm;
 use crate::hsm::{self, Hsm, HsmError, KeySpec};
 use secrecy::SecretString;
@@ -200,15 +201,7 @@ pub async fn provision(state: &DevState) -> Result<(Config, Hsm), DevError> {
     .await
     .map_err(|e| DevError(e.to_string()))??;
 
-    let specs: Vec<KeySpec> = config
-        .keys
-        .iter()
-        .map(|k| KeySpec {
-            key_id: k.id.clone(),
-            selector: k.selector(),
-            algorithm: k.algorithm(),
-        })
-        .collect();
+    let specs: Vec<KeySpec> = config.keys.iter().map(KeyConfig::spec).collect();
     let resolved = {
         let hsm = hsm.clone();
         tokio::task::spawn_blocking(move || hsm.resolve_keys(&specs))
@@ -228,8 +221,16 @@ pub async fn provision(state: &DevState) -> Result<(Config, Hsm), DevError> {
             keys = missing.len(),
             "generating dev keys on the token (RSA-4096 takes a while)"
         );
+        // At most one job per pooled session: a job waiting longer than the pool wait for a
+        // session (RSA-4096 generation takes seconds) would fail with PoolExhausted.
+        let parallel = hsm.pool_capacity().max(1);
         let mut jobs = tokio::task::JoinSet::new();
         for (id, algorithm) in missing {
+            if jobs.len() >= parallel {
+                if let Some(outcome) = jobs.join_next().await {
+                    outcome.map_err(|e| DevError(format!("key generation task failed: {e}")))??;
+                }
+            }
             let hsm = hsm.clone();
             jobs.spawn(async move {
                 hsm.generate_key_pair(&id, algorithm, id.as_bytes().to_vec(), id.clone())

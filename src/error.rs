@@ -91,6 +91,11 @@ impl Error {
             Error::Internal { .. } => {
                 tracing::error!(error = %chain(self), "request failed");
             }
+            // Without a source, the cause (recovery, shutdown) was already logged once where it
+            // happened; repeating it per request would flood the log during an outage.
+            Error::Unavailable { source: None, .. } => {
+                tracing::debug!(error = %self, "request failed fast");
+            }
             Error::Unavailable { .. } => {
                 tracing::warn!(error = %chain(self), "request failed");
             }
@@ -128,8 +133,14 @@ impl From<HsmError> for Error {
             HsmError::DeadlineExceeded => Error::DeadlineExceeded(
                 "the request deadline passed while waiting for the HSM; retry with a longer deadline".into(),
             ),
-            HsmError::ShuttingDown => unavailable("the gateway is shutting down; retry on another replica", e),
-            HsmError::Recovering => unavailable("the HSM is recovering; retry shortly", e),
+            HsmError::ShuttingDown => Error::Unavailable {
+                message: "the gateway is shutting down; retry on another replica".into(),
+                source: None,
+            },
+            HsmError::Recovering => Error::Unavailable {
+                message: "the HSM is recovering from a fault; retry shortly".into(),
+                source: None,
+            },
             HsmError::KeyNotResolved(_) => unavailable("the key is being re-resolved; retry", e),
             HsmError::KeyMissing { key_id, .. } => Error::FailedPrecondition(format!(
                 "key {key_id} cannot be used: its key material is no longer on the token"

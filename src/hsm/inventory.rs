@@ -233,9 +233,11 @@ impl InventoryIndex<'_> {
                 let (n, e) = rsa_parts(private).map_err(fail)?;
                 PublicKey::from_rsa(n, e, bits).map_err(|e| fail(e.to_string()))?
             }
-            ([], KeyKind::Ec(_)) => return Err(fail(format!(
+            ([], KeyKind::Ec(_)) => {
+                return Err(fail(format!(
                 "no public key object with {selector}; EC keys need one to publish the public key"
-            ))),
+            )))
+            }
             (many, _) => {
                 return Err(fail(format!(
                     "{} public keys have {selector}; it must identify exactly one",

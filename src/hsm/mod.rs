@@ -1,18 +1,29 @@
 //! Everything PKCS#11. No other module calls cryptoki.
 //!
-//! One [`Hsm`] per process owns the loaded module, initialised once with OS locking, the logged-in
-//! anchor session, the session pool, and the key handles of the current *epoch* — one
-//! `C_Initialize`+login generation. Handles never outlive their epoch.
+//! One [`Hsm`] per process owns the loaded module (initialised with OS locking), the session
+//! pool, and the current *epoch*: one token login with the key handles valid in it. Two rules
+//! keep handles from ever pointing at the wrong key:
+//!
+//! * every PKCS#11 call runs under the shared side of the library *gate*; re-initialisation and
+//!   re-login hold it exclusively, so no call is in flight while handles change;
+//! * under the gate, a call first checks that its epoch is still current, so a handle from an
+//!   older epoch is never used.
+//!
+//! Every key's public key is pinned when it is first resolved; a re-resolved key whose public
+//! key differs is refused, never signed with. Faults are classified once ([`classify`]) and
+//! drive single-flight recovery (see `recovery.rs`).
 
 mod error;
 mod inventory;
 mod mechanism;
 mod pool;
 mod provision;
+mod recovery;
 mod token;
 
 pub use error::{classify, ErrorClass, HsmError};
 pub use provision::{init_token, GeneratedKey};
+pub use recovery::HsmStats;
 pub use token::TokenIdentity;
 
 use crate::config::{HsmConfig, ObjectSelector, TokenSelector};
@@ -24,12 +35,15 @@ use cryptoki::slot::Slot;
 use error::Context as _;
 use pool::SessionPool;
 use secrecy::SecretString;
+use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use std::path::Path;
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard};
+use std::time::Duration;
 use tokio::time::Instant;
 
-/// A key to find on the token.
+/// A key to find on the token in every epoch.
 #[derive(Clone, Debug)]
 pub struct KeySpec {
     /// The KMS key id.
@@ -38,37 +52,62 @@ pub struct KeySpec {
     pub selector: ObjectSelector,
     /// Its algorithm.
     pub algorithm: Algorithm,
+    /// Expected SHA-256 of the SPKI, pinned up front by the operator.
+    pub pin_sha256: Option<[u8; 32]>,
 }
 
 /// A key id and its public key, or why the key cannot be used.
 pub type KeyResolution = (String, Result<PublicKey, HsmError>);
 
-/// One `C_Initialize` + login generation: the slot, the anchor session and the key handles that
-/// are valid in it.
+/// A key's standing in one epoch.
+#[derive(Clone, Debug)]
+enum KeyState {
+    Ready(ObjectHandle),
+    /// Refused, with the reason; never signed with in this epoch.
+    Refused {
+        missing: bool,
+        reason: String,
+    },
+}
+
+/// One login generation: the slot, the anchor session and the key handles valid in it.
 pub(crate) struct Epoch {
     pub(crate) number: u64,
-    pkcs11: Pkcs11,
+    /// The library generation (one per `C_Initialize`) this epoch's sessions belong to.
+    generation: u64,
     slot: Slot,
     token: TokenIdentity,
-    /// Never used for signing; it exists so that the login survives while pooled sessions come
-    /// and go. `Session` is not `Sync`, hence the mutex.
-    anchor: Mutex<Session>,
-    handles: RwLock<HashMap<String, ObjectHandle>>,
+    /// Never used for signing; it keeps the login alive while pooled sessions come and go.
+    /// Taken out (and forgotten) when the library is finalised under it.
+    anchor: Mutex<Option<Session>>,
+    keys: RwLock<HashMap<String, KeyState>>,
 }
 
 impl Epoch {
-    fn open_session(&self) -> Result<Session, HsmError> {
-        self.pkcs11
-            .open_rw_session(self.slot)
-            .context("C_OpenSession")
-    }
-
-    fn handle(&self, key_id: &str) -> Option<ObjectHandle> {
-        self.handles
+    fn key(&self, key_id: &str) -> Option<KeyState> {
+        self.keys
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .get(key_id)
-            .copied()
+            .cloned()
+    }
+
+    fn set_key(&self, key_id: String, state: KeyState) {
+        self.keys
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(key_id, state);
+    }
+
+    fn with_anchor<R>(
+        &self,
+        f: impl FnOnce(&Session) -> Result<R, HsmError>,
+    ) -> Result<R, HsmError> {
+        let anchor = self.anchor.lock().unwrap_or_else(|p| p.into_inner());
+        match anchor.as_ref() {
+            Some(session) => f(session),
+            None => Err(HsmError::Recovering),
+        }
     }
 }
 
@@ -80,8 +119,19 @@ pub struct Hsm {
 
 struct Shared {
     pkcs11: Pkcs11,
-    epoch: RwLock<Option<Arc<Epoch>>>,
+    selector: TokenSelector,
+    pin: SecretString,
+    /// Shared by every PKCS#11 call; exclusive while the library or the login is rebuilt.
+    gate: RwLock<()>,
+    epoch: RwLock<Arc<Epoch>>,
+    /// False while recovering: requests fail fast instead of piling up.
+    up: AtomicBool,
     pool: SessionPool,
+    /// Every key to resolve in each epoch.
+    specs: RwLock<Vec<KeySpec>>,
+    /// Key id → the SPKI (DER) seen when the key was first resolved.
+    pins: RwLock<HashMap<String, Vec<u8>>>,
+    recovery: recovery::Control,
 }
 
 impl std::fmt::Debug for Hsm {
@@ -106,6 +156,10 @@ pub fn load(module: &Path) -> Result<Pkcs11Module, HsmError> {
 #[derive(Clone, Debug)]
 pub struct Pkcs11Module(Pkcs11);
 
+fn read<T>(lock: &RwLock<T>) -> RwLockReadGuard<'_, T> {
+    lock.read().unwrap_or_else(|p| p.into_inner())
+}
+
 impl Hsm {
     /// Loads the module, finds the token, logs in and sizes the pool. Blocking.
     ///
@@ -122,10 +176,11 @@ impl Hsm {
     pub fn attach(module: Pkcs11Module, cfg: &HsmConfig) -> Result<Self, HsmError> {
         let pin = cfg
             .pin
-            .as_ref()
+            .clone()
             .ok_or_else(|| HsmError::Credential("no user PIN configured".into()))?;
         let pkcs11 = module.0;
-        let epoch = open_epoch(&pkcs11, &cfg.token(), pin, 1)?;
+        let selector = cfg.token();
+        let epoch = open_epoch(&pkcs11, &selector, &pin, 1, 1)?;
         let capacity = token::pool_capacity(&pkcs11, epoch.slot, cfg.pool_size);
         if capacity < cfg.pool_size {
             tracing::warn!(
@@ -143,27 +198,34 @@ impl Hsm {
         Ok(Self {
             shared: Arc::new(Shared {
                 pkcs11,
-                epoch: RwLock::new(Some(Arc::new(epoch))),
+                selector,
+                pin,
+                gate: RwLock::new(()),
+                epoch: RwLock::new(Arc::new(epoch)),
+                up: AtomicBool::new(true),
                 pool: SessionPool::new(capacity, cfg.pool_wait(), 1),
+                specs: RwLock::new(Vec::new()),
+                pins: RwLock::new(HashMap::new()),
+                recovery: recovery::Control::new(Duration::from_millis(cfg.probe_interval_ms)),
             }),
         })
     }
 
+    /// The current epoch, unless the token is being recovered.
     fn current(&self) -> Result<Arc<Epoch>, HsmError> {
-        self.shared
-            .epoch
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
-            .ok_or(HsmError::Recovering)
+        if !self.shared.up.load(Ordering::Acquire) {
+            return Err(if self.shared.recovery.credential_failed() {
+                HsmError::Credential("the token refused the PIN; an operator must fix it".into())
+            } else {
+                HsmError::Recovering
+            });
+        }
+        Ok(Arc::clone(&read(&self.shared.epoch)))
     }
 
     /// The token in use.
-    ///
-    /// # Errors
-    /// While the token is being recovered.
-    pub fn token(&self) -> Result<TokenIdentity, HsmError> {
-        Ok(self.current()?.token.clone())
+    pub fn token(&self) -> TokenIdentity {
+        read(&self.shared.epoch).token.clone()
     }
 
     /// The number of pooled sessions.
@@ -171,45 +233,76 @@ impl Hsm {
         self.shared.pool.capacity()
     }
 
-    /// Sessions checked out right now.
-    pub fn sessions_in_use(&self) -> usize {
-        self.shared.pool.in_use()
+    /// Counters for health checks, tests and metrics.
+    pub fn stats(&self) -> HsmStats {
+        HsmStats {
+            epoch: read(&self.shared.epoch).number,
+            up: self.shared.up.load(Ordering::Acquire),
+            sessions_in_use: self.shared.pool.in_use(),
+            sessions_idle: self.shared.pool.idle(),
+            ..self.shared.recovery.counters()
+        }
     }
 
-    /// Finds every key with one scan of the token, checks it, and records its handle for this
-    /// epoch. Returns each key's public key, or why it cannot be used. Blocking.
+    /// Runs `op` on a pooled session of `epoch`, on a blocking thread, under the shared gate.
     ///
-    /// # Errors
-    /// When the token cannot be scanned at all.
-    pub fn resolve_keys(
+    /// Waiting for a session is bounded by the pool wait and by `deadline`; the blocking call
+    /// itself cannot be cancelled, so past `deadline` the caller gets `DeadlineExceeded` while
+    /// the session stays out of the pool until the call returns.
+    async fn run<R, F>(
         &self,
-        keys: &[KeySpec],
-    ) -> Result<Vec<KeyResolution>, HsmError> {
-        let epoch = self.current()?;
-        let inventory = {
-            let anchor = epoch.anchor.lock().unwrap_or_else(|p| p.into_inner());
-            inventory::Inventory::scan(&anchor)?
+        epoch: Arc<Epoch>,
+        deadline: Option<Instant>,
+        op: F,
+    ) -> Result<R, HsmError>
+    where
+        R: Send + 'static,
+        F: FnOnce(&Session, &Epoch) -> Result<R, HsmError> + Send + 'static,
+    {
+        let permit = self.shared.pool.acquire(deadline).await?;
+        let shared = Arc::clone(&self.shared);
+        let span = tracing::Span::current();
+        let task = tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            let _entered = span.enter();
+            let _gate = read(&shared.gate);
+            if !shared.is_current(&epoch) {
+                return Err(HsmError::Recovering);
+            }
+            let session = match shared.pool.checkout(epoch.generation) {
+                Some(s) => s,
+                None => shared
+                    .pkcs11
+                    .open_rw_session(epoch.slot)
+                    .context("C_OpenSession")?,
+            };
+            let result = op(&session, &epoch);
+            match &result {
+                Err(e) if e.class().is_some_and(ErrorClass::poisons_session) => {
+                    tracing::debug!(error = %e, "discarding the session");
+                    shared.pool.discard(epoch.generation, session);
+                }
+                _ => shared.pool.checkin(epoch.generation, session),
+            }
+            result
+        });
+        let joined = match deadline {
+            Some(d) => tokio::time::timeout_at(d, task)
+                .await
+                .map_err(|_| HsmError::DeadlineExceeded)?,
+            None => task.await,
         };
-        let index = inventory.index();
-        let mut handles = epoch.handles.write().unwrap_or_else(|p| p.into_inner());
-        Ok(keys
-            .iter()
-            .map(|k| {
-                let resolved = index.resolve(&k.key_id, &k.selector, k.algorithm);
-                let outcome = resolved.map(|r| {
-                    handles.insert(k.key_id.clone(), r.private);
-                    r.public_key
-                });
-                (k.key_id.clone(), outcome)
-            })
-            .collect())
+        joined.map_err(|e| HsmError::Worker(e.to_string()))?
     }
 
-    /// Signs `digest` with the key's private key. Returns the token's raw output: PSS bytes, or
-    /// ECDSA `r‖s`. The caller has checked the digest length.
+    /// Signs `digest` with the key's private key and returns the token's raw output: PSS bytes
+    /// or ECDSA `r‖s`. The caller has checked the digest length.
+    ///
+    /// A session-class failure is retried once on a fresh session; login- and device-class
+    /// failures start recovery and fail this request with UNAVAILABLE.
     ///
     /// # Errors
-    /// Pool exhaustion, deadline, and classified PKCS#11 failures.
+    /// Pool exhaustion, deadline, refused keys, and classified PKCS#11 failures.
     pub async fn sign(
         &self,
         key_id: &str,
@@ -217,34 +310,185 @@ impl Hsm {
         digest: Vec<u8>,
         deadline: Option<Instant>,
     ) -> Result<Vec<u8>, HsmError> {
+        let mut retried = false;
+        loop {
+            let epoch = self.current()?;
+            let handle = match epoch.key(key_id) {
+                Some(KeyState::Ready(h)) => h,
+                Some(KeyState::Refused { missing, reason }) => {
+                    return Err(refusal(key_id, missing, reason))
+                }
+                None => return Err(HsmError::KeyNotResolved(key_id.to_string())),
+            };
+            let number = epoch.number;
+            let digest = digest.clone();
+            let outcome = self
+                .run(epoch, deadline, move |session, _| {
+                    // Built on the worker: cryptoki mechanisms hold raw pointers and are not Send.
+                    let mechanism = mechanism::sign_mechanism(algorithm);
+                    session.sign(&mechanism, handle, &digest).context("C_Sign")
+                })
+                .await;
+            let Err(e) = outcome else { return outcome };
+            match e.class() {
+                Some(ErrorClass::Session) if !retried => {
+                    tracing::info!(error = %e, "session failed; retrying once on a fresh session");
+                    retried = true;
+                }
+                Some(ErrorClass::Login) => {
+                    self.request_recovery(recovery::Need::Relogin, number, &e);
+                    return Err(e);
+                }
+                Some(ErrorClass::Device | ErrorClass::Ambiguous) => {
+                    self.request_recovery(recovery::Need::Reinit, number, &e);
+                    return Err(e);
+                }
+                _ => return Err(e),
+            }
+        }
+    }
+
+    /// Registers `keys` for every epoch and resolves them now with one scan of the token.
+    /// Public keys are pinned at their first resolution. Blocking.
+    ///
+    /// # Errors
+    /// When the token cannot be scanned at all.
+    pub fn resolve_keys(&self, keys: &[KeySpec]) -> Result<Vec<KeyResolution>, HsmError> {
+        {
+            let mut specs = self.shared.specs.write().unwrap_or_else(|p| p.into_inner());
+            for k in keys {
+                specs.retain(|s| s.key_id != k.key_id);
+                specs.push(k.clone());
+            }
+        }
+        let _gate = read(&self.shared.gate);
         let epoch = self.current()?;
-        let handle = epoch
-            .handle(key_id)
-            .ok_or_else(|| HsmError::KeyNotResolved(key_id.to_string()))?;
-        self.shared
-            .pool
-            .run(epoch, deadline, move |session, _| {
-                // Built on the worker: cryptoki mechanisms hold raw pointers and are not Send.
-                let mechanism = mechanism::sign_mechanism(algorithm);
-                session.sign(&mechanism, handle, &digest).context("C_Sign")
-            })
-            .await
+        self.shared.resolve_into(&epoch, keys)
     }
 
     /// Closes every session and finalises the module. Blocking; call once, at exit.
     pub fn shutdown(&self) {
         self.shared.pool.close();
+        self.shared.up.store(false, Ordering::Release);
+        let _gate = self.shared.gate.write().unwrap_or_else(|p| p.into_inner());
         self.shared.pool.close_idle();
-        let epoch = self
-            .shared
-            .epoch
-            .write()
+        let anchor = read(&self.shared.epoch)
+            .anchor
+            .lock()
             .unwrap_or_else(|p| p.into_inner())
             .take();
-        drop(epoch); // closes the anchor session, which logs out
+        drop(anchor); // closing the last session logs out
         if let Err(e) = self.shared.pkcs11.clone().finalize() {
             tracing::warn!(error = %e, "C_Finalize failed at shutdown");
         }
+    }
+}
+
+fn refusal(key_id: &str, missing: bool, reason: String) -> HsmError {
+    if missing {
+        HsmError::KeyMissing {
+            key_id: key_id.to_string(),
+            selector: reason,
+        }
+    } else {
+        HsmError::Key {
+            key_id: key_id.to_string(),
+            reason,
+        }
+    }
+}
+
+impl Shared {
+    /// Adds a key to resolve in every epoch, pinned to `spki`.
+    fn register(&self, spec: KeySpec, spki: Vec<u8>) {
+        self.pins
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(spec.key_id.clone(), spki);
+        let mut specs = self.specs.write().unwrap_or_else(|p| p.into_inner());
+        specs.retain(|s| s.key_id != spec.key_id);
+        specs.push(spec);
+    }
+
+    fn is_current(&self, epoch: &Epoch) -> bool {
+        self.up.load(Ordering::Acquire) && read(&self.epoch).number == epoch.number
+    }
+
+    /// Scans the token once and resolves `keys` into `epoch`, checking pins. Call under the gate.
+    fn resolve_into(
+        &self,
+        epoch: &Epoch,
+        keys: &[KeySpec],
+    ) -> Result<Vec<KeyResolution>, HsmError> {
+        let inventory = epoch.with_anchor(inventory::Inventory::scan)?;
+        let index = inventory.index();
+        let mut pins = self.pins.write().unwrap_or_else(|p| p.into_inner());
+        let mut out = Vec::with_capacity(keys.len());
+        for spec in keys {
+            let outcome = index
+                .resolve(&spec.key_id, &spec.selector, spec.algorithm)
+                .and_then(|r| {
+                    check_pin(spec, &r.public_key, pins.get(&spec.key_id))?;
+                    Ok(r)
+                });
+            match outcome {
+                Ok(r) => {
+                    pins.entry(spec.key_id.clone())
+                        .or_insert_with(|| r.public_key.spki_der().to_vec());
+                    epoch.set_key(spec.key_id.clone(), KeyState::Ready(r.private));
+                    out.push((spec.key_id.clone(), Ok(r.public_key)));
+                }
+                Err(e) => {
+                    let state = match &e {
+                        HsmError::KeyMissing { selector, .. } => KeyState::Refused {
+                            missing: true,
+                            reason: selector.clone(),
+                        },
+                        HsmError::Key { reason, .. } => KeyState::Refused {
+                            missing: false,
+                            reason: reason.clone(),
+                        },
+                        other => KeyState::Refused {
+                            missing: false,
+                            reason: other.to_string(),
+                        },
+                    };
+                    epoch.set_key(spec.key_id.clone(), state);
+                    out.push((spec.key_id.clone(), Err(e)));
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// Refuses a key whose public key differs from the operator's pin or from the one first seen.
+fn check_pin(spec: &KeySpec, key: &PublicKey, pinned: Option<&Vec<u8>>) -> Result<(), HsmError> {
+    let refuse = |reason: String| {
+        tracing::error!(
+            key_id = %spec.key_id,
+            fingerprint = %key.fingerprint(),
+            "PUBLIC KEY PIN MISMATCH: {reason}; the key is refused and will not sign"
+        );
+        Err(HsmError::Key {
+            key_id: spec.key_id.clone(),
+            reason,
+        })
+    };
+    if let Some(expected) = &spec.pin_sha256 {
+        if Sha256::digest(key.spki_der())[..] != expected[..] {
+            return refuse(format!(
+                "the token's public key has SHA-256 {}, but pin_sha256 is {}",
+                key.fingerprint(),
+                hex::encode(expected)
+            ));
+        }
+    }
+    match pinned {
+        Some(spki) if spki.as_slice() != key.spki_der() => refuse(
+            "the token now holds a different key under this id than the one pinned when the key was first resolved".into(),
+        ),
+        _ => Ok(()),
     }
 }
 
@@ -253,15 +497,16 @@ fn open_epoch(
     selector: &TokenSelector,
     pin: &SecretString,
     number: u64,
+    generation: u64,
 ) -> Result<Epoch, HsmError> {
     let (slot, token) = token::find_token(pkcs11, selector)?;
     let anchor = token::open_anchor(pkcs11, slot, pin)?;
     Ok(Epoch {
         number,
-        pkcs11: pkcs11.clone(),
+        generation,
         slot,
         token,
-        anchor: Mutex::new(anchor),
-        handles: RwLock::new(HashMap::new()),
+        anchor: Mutex::new(Some(anchor)),
+        keys: RwLock::new(HashMap::new()),
     })
 }

@@ -1,85 +1,41 @@
-//! The bounded session pool. Each request takes one session exclusively for its whole
-//! `C_SignInit`→`C_Sign` unit, on a blocking thread, and gives it back only when the call has
-//! returned — even if the request was cancelled or timed out meanwhile.
+//! The bounded session pool: permits bound how many sessions are in use, and idle sessions wait
+//! for reuse. Each request holds one session exclusively for its whole `C_SignInit`→`C_Sign`
+//! unit; the permit travels with the blocking call, so a cancelled request does not give its
+//! session back until the call has returned.
 
-use super::error::{ErrorClass, HsmError};
-use super::Epoch;
 use cryptoki::session::Session;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::Duration;
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
+use super::error::HsmError;
+use std::sync::Arc;
+
 struct Pooled {
-    epoch: u64,
+    generation: u64,
     session: Session,
-}
-
-/// Idle sessions plus the epoch they must belong to.
-struct Idle {
-    sessions: Mutex<Vec<Pooled>>,
-    /// Sessions from another epoch are never closed by handle: after a re-initialisation the
-    /// same handle number may name a session that now belongs to someone else.
-    current_epoch: AtomicU64,
-}
-
-impl Idle {
-    fn checkout(&self, epoch: u64) -> Option<Session> {
-        let mut sessions = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
-        while let Some(p) = sessions.pop() {
-            if p.epoch == epoch {
-                return Some(p.session);
-            }
-            forget_stale(p);
-        }
-        None
-    }
-
-    fn checkin(&self, epoch: u64, session: Session) {
-        if epoch == self.current_epoch.load(Ordering::Acquire) {
-            self.sessions
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .push(Pooled { epoch, session });
-        } else {
-            forget_stale(Pooled { epoch, session });
-        }
-    }
-
-    fn discard(&self, epoch: u64, session: Session) {
-        if epoch == self.current_epoch.load(Ordering::Acquire) {
-            drop(session); // C_CloseSession on a handle that is still ours
-        } else {
-            forget_stale(Pooled { epoch, session });
-        }
-    }
-}
-
-fn forget_stale(p: Pooled) {
-    tracing::debug!(
-        epoch = p.epoch,
-        "forgetting a session from an old token epoch"
-    );
-    std::mem::forget(p.session);
 }
 
 /// A bounded pool of logged-in sessions.
 pub(crate) struct SessionPool {
     permits: Arc<Semaphore>,
-    idle: Arc<Idle>,
+    idle: Mutex<Vec<Pooled>>,
+    /// The library generation (one per `C_Initialize`) whose sessions may be pooled. Sessions
+    /// of an older generation are never closed by handle: after a re-initialisation the same
+    /// handle number may name a session that now belongs to someone else.
+    generation: AtomicU64,
     capacity: usize,
     wait: Duration,
 }
 
 impl SessionPool {
-    pub(crate) fn new(capacity: usize, wait: Duration, epoch: u64) -> Self {
+    pub(crate) fn new(capacity: usize, wait: Duration, generation: u64) -> Self {
         Self {
             permits: Arc::new(Semaphore::new(capacity)),
-            idle: Arc::new(Idle {
-                sessions: Mutex::new(Vec::with_capacity(capacity)),
-                current_epoch: AtomicU64::new(epoch),
-            }),
+            idle: Mutex::new(Vec::with_capacity(capacity)),
+            generation: AtomicU64::new(generation),
             capacity,
             wait,
         }
@@ -94,70 +50,93 @@ impl SessionPool {
         self.capacity - self.permits.available_permits()
     }
 
-    /// Closes every idle session (they belong to the current epoch).
-    pub(crate) fn close_idle(&self) {
-        let drained: Vec<Pooled> =
-            std::mem::take(&mut *self.idle.sessions.lock().unwrap_or_else(|p| p.into_inner()));
-        drop(drained);
+    /// Sessions open and idle.
+    pub(crate) fn idle(&self) -> usize {
+        self.lock().len()
     }
 
-    /// Refuses new work: waiting and future requests fail at once.
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Pooled>> {
+        self.idle.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Waits for a permit, bounded by the pool wait and by `deadline`.
+    pub(crate) async fn acquire(
+        &self,
+        deadline: Option<Instant>,
+    ) -> Result<OwnedSemaphorePermit, HsmError> {
+        let wait_until = Instant::now() + self.wait;
+        let limit = deadline.map_or(wait_until, |d| d.min(wait_until));
+        match tokio::time::timeout_at(limit, Arc::clone(&self.permits).acquire_owned()).await {
+            Ok(Ok(permit)) => Ok(permit),
+            Ok(Err(_closed)) => Err(HsmError::ShuttingDown),
+            Err(_) if deadline.is_some_and(|d| d <= wait_until) => Err(HsmError::DeadlineExceeded),
+            Err(_) => Err(HsmError::PoolExhausted(self.wait)),
+        }
+    }
+
+    /// An idle session of `generation`, if any. Call under the library gate.
+    pub(crate) fn checkout(&self, generation: u64) -> Option<Session> {
+        let mut idle = self.lock();
+        while let Some(p) = idle.pop() {
+            if p.generation == generation {
+                return Some(p.session);
+            }
+            forget_stale(p);
+        }
+        None
+    }
+
+    /// Returns a healthy session. Call under the library gate.
+    pub(crate) fn checkin(&self, generation: u64, session: Session) {
+        if generation == self.generation.load(Ordering::Acquire) {
+            self.lock().push(Pooled {
+                generation,
+                session,
+            });
+        } else {
+            forget_stale(Pooled {
+                generation,
+                session,
+            });
+        }
+    }
+
+    /// Drops a broken session, closing it only if its handle is still ours. Call under the gate.
+    pub(crate) fn discard(&self, generation: u64, session: Session) {
+        if generation == self.generation.load(Ordering::Acquire) {
+            drop(session);
+        } else {
+            forget_stale(Pooled {
+                generation,
+                session,
+            });
+        }
+    }
+
+    /// Starts a new library generation: idle sessions of the old one are forgotten, not closed
+    /// (`C_Finalize` closes them). Call under the exclusive gate.
+    pub(crate) fn begin_generation(&self, generation: u64) {
+        self.generation.store(generation, Ordering::Release);
+        for p in std::mem::take(&mut *self.lock()) {
+            forget_stale(p);
+        }
+    }
+
+    /// Closes every idle session. Call under the gate, before `C_Finalize`.
+    pub(crate) fn close_idle(&self) {
+        drop(std::mem::take(&mut *self.lock()));
+    }
+
+    /// Refuses new work: waiting and future acquisitions fail at once.
     pub(crate) fn close(&self) {
         self.permits.close();
     }
+}
 
-    /// Runs `op` on a pooled session on a blocking thread.
-    ///
-    /// Waiting for a session is bounded by the pool wait and by `deadline`; the blocking call
-    /// itself cannot be cancelled, so past `deadline` the caller gets `DeadlineExceeded` while the
-    /// session stays out of the pool until the call returns.
-    pub(crate) async fn run<R, F>(
-        &self,
-        epoch: Arc<Epoch>,
-        deadline: Option<Instant>,
-        op: F,
-    ) -> Result<R, HsmError>
-    where
-        R: Send + 'static,
-        F: FnOnce(&Session, &Epoch) -> Result<R, HsmError> + Send + 'static,
-    {
-        let wait_until = Instant::now() + self.wait;
-        let limit = deadline.map_or(wait_until, |d| d.min(wait_until));
-        let permit =
-            match tokio::time::timeout_at(limit, self.permits.clone().acquire_owned()).await {
-                Ok(Ok(permit)) => permit,
-                Ok(Err(_closed)) => return Err(HsmError::ShuttingDown),
-                Err(_) if deadline.is_some_and(|d| d <= wait_until) => {
-                    return Err(HsmError::DeadlineExceeded)
-                }
-                Err(_) => return Err(HsmError::PoolExhausted(self.wait)),
-            };
-
-        let idle = Arc::clone(&self.idle);
-        let span = tracing::Span::current();
-        let task = tokio::task::spawn_blocking(move || {
-            let _permit = permit;
-            let _entered = span.enter();
-            let session = match idle.checkout(epoch.number) {
-                Some(s) => s,
-                None => epoch.open_session()?,
-            };
-            let result = op(&session, &epoch);
-            match &result {
-                Err(e) if e.class().is_some_and(ErrorClass::poisons_session) => {
-                    tracing::debug!(error = %e, "discarding a session after a session-class error");
-                    idle.discard(epoch.number, session);
-                }
-                _ => idle.checkin(epoch.number, session),
-            }
-            result
-        });
-        let joined = match deadline {
-            Some(d) => tokio::time::timeout_at(d, task)
-                .await
-                .map_err(|_| HsmError::DeadlineExceeded)?,
-            None => task.await,
-        };
-        joined.map_err(|e| HsmError::Worker(e.to_string()))?
-    }
+fn forget_stale(p: Pooled) {
+    tracing::debug!(
+        generation = p.generation,
+        "forgetting a session of an old library generation"
+    );
+    std::mem::forget(p.session);
 }

@@ -2,7 +2,8 @@
 //! sensitive and non-extractable; their key material never exists outside it.
 
 use super::error::{Context as _, HsmError};
-use super::{Hsm, Pkcs11Module};
+use super::{Hsm, KeySpec, KeyState, Pkcs11Module};
+use crate::config::ObjectSelector;
 use crate::crypto::{Algorithm, KeyKind, PublicKey};
 use cryptoki::mechanism::Mechanism;
 use cryptoki::object::{Attribute, AttributeType, ObjectHandle};
@@ -10,6 +11,7 @@ use cryptoki::session::{Session, UserType};
 use cryptoki::types::Ulong;
 use der::Encode;
 use secrecy::SecretString;
+use std::sync::Arc;
 
 /// A key pair generated on the token.
 #[derive(Debug)]
@@ -68,7 +70,7 @@ pub fn init_token(
 
 impl Hsm {
     /// Generates a key pair for `algorithm` on the token, tagged with `ck_id` and `label`, and
-    /// makes it available for signing under `key_id`.
+    /// makes it available for signing under `key_id` in this and every later epoch.
     ///
     /// # Errors
     /// Classified PKCS#11 failures.
@@ -80,20 +82,23 @@ impl Hsm {
         label: String,
     ) -> Result<GeneratedKey, HsmError> {
         let epoch = self.current()?;
-        let key_id = key_id.to_string();
-        self.shared
-            .pool
-            .run(epoch, None, move |session, epoch| {
-                let (public, private) = generate(session, algorithm, &ck_id, &label)?;
-                let public_key = read_public_key(session, public, algorithm, &key_id)?;
-                epoch
-                    .handles
-                    .write()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .insert(key_id, private);
-                Ok(GeneratedKey { public_key })
-            })
-            .await
+        let spec = KeySpec {
+            key_id: key_id.to_string(),
+            selector: ObjectSelector::Id(ck_id.clone()),
+            algorithm,
+            pin_sha256: None,
+        };
+        let shared = Arc::clone(&self.shared);
+        self.run(epoch, None, move |session, epoch| {
+            let (public, private) = generate(session, algorithm, &ck_id, &label)?;
+            let public_key = read_public_key(session, public, algorithm, &spec.key_id)?;
+            // Registered under the gate, so a recovery cannot run between creation and
+            // registration and lose the key.
+            shared.register(spec.clone(), public_key.spki_der().to_vec());
+            epoch.set_key(spec.key_id, KeyState::Ready(private));
+            Ok(GeneratedKey { public_key })
+        })
+        .await
     }
 }
 

@@ -8,6 +8,10 @@ use crate::signer::Signer;
 use pb::kms::asymmetric_signature_crypto_service_server::AsymmetricSignatureCryptoServiceServer;
 use std::sync::Arc;
 
+/// The crypto service's full name, as health checks name it.
+pub const CRYPTO_SERVICE_NAME: &str =
+    "yandex.cloud.kms.v1.asymmetricsignature.AsymmetricSignatureCryptoService";
+
 /// Largest encoded gRPC request accepted. Sign's 32 KiB message plus framing fits; a larger
 /// frame is refused from its length prefix, before its body is buffered.
 pub const MAX_REQUEST_BYTES: usize = 64 * 1024;
