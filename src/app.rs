@@ -5,7 +5,7 @@ use crate::api::{grpc, server};
 use crate::config::Config;
 use crate::config::KeyConfig;
 use crate::hsm::{Hsm, HsmError, KeySpec};
-use crate::keys::{KeyEntry, KeyRegistry, KeySource};
+use crate::keys::{KeyEntry, KeyManager, KeyRegistry};
 use crate::signer::Signer;
 use std::future::Future;
 use std::net::SocketAddr;
@@ -37,6 +37,9 @@ pub enum StartError {
     /// A blocking start-up task failed.
     #[error("start-up task failed: {0}")]
     Task(String),
+    /// The keys created through the API could not be read from the token.
+    #[error("cannot read the keys created through the API from the token: {0}")]
+    ManagedKeys(String),
 }
 
 /// A built gateway, bound to its address and ready to run.
@@ -45,6 +48,7 @@ pub struct App {
     router: axum::Router,
     hsm: Hsm,
     signer: Arc<Signer>,
+    manager: Arc<KeyManager>,
     health: HealthReporter,
     limits: server::ServerLimits,
 }
@@ -86,27 +90,39 @@ impl App {
         let mut failures = Vec::new();
         for ((id, outcome), key) in resolved.into_iter().zip(&config.keys) {
             match outcome {
-                Ok(public_key) => registry.insert(KeyEntry {
-                    id,
-                    algorithm: key.algorithm(),
-                    status: key.status,
-                    public_key,
-                    source: KeySource::Config,
-                }),
+                Ok(public_key) => {
+                    debug_assert_eq!(id, key.id);
+                    registry.insert(KeyEntry::from_config(key, public_key));
+                }
                 Err(e) => failures.push(e),
             }
         }
         if !failures.is_empty() {
             return Err(StartError::Keys(failures));
         }
-        tracing::info!(keys = registry.len(), "keys resolved");
+        tracing::info!(keys = registry.len(), "configured keys resolved");
+
+        let manager = KeyManager::new(
+            Arc::clone(&registry),
+            hsm.clone(),
+            &config.managed_keys,
+            hsm.pool_capacity(),
+        );
+        let managed = manager
+            .load()
+            .await
+            .map_err(|e| StartError::ManagedKeys(crate::error::chain(&e)))?;
+        tracing::info!(
+            keys = managed,
+            "keys created through the API loaded from the token"
+        );
 
         let signer = Arc::new(Signer::new(
             registry,
             hsm.clone(),
             config.signing.verify_ecdsa,
         ));
-        let (router, health) = grpc::routes(Arc::clone(&signer));
+        let (router, health) = grpc::routes(Arc::clone(&signer), Arc::clone(&manager));
 
         let addr = config.server.listen;
         let listener = TcpListener::bind(addr)
@@ -117,6 +133,7 @@ impl App {
             router,
             hsm,
             signer,
+            manager,
             health,
             limits: server::ServerLimits {
                 shutdown_grace: Duration::from_millis(config.server.shutdown_grace_ms),
@@ -137,16 +154,22 @@ impl App {
         &self.signer
     }
 
+    /// The key-management core.
+    pub fn key_manager(&self) -> &Arc<KeyManager> {
+        &self.manager
+    }
+
     /// Serves until `shutdown` completes, drains in-flight requests, then closes every session
     /// and finalises the module once.
     pub async fn run(self, shutdown: impl Future<Output = ()>) {
         tracing::info!(addr = %self.local_addr(), "serving");
         let stop = CancellationToken::new();
         let background = self.hsm.spawn_background(stop.clone());
+        let keys = self.manager.spawn_background(stop.clone());
         let health = tokio::spawn(report_health(self.hsm.health(), self.health, stop.clone()));
         server::serve(self.listener, self.router, self.limits, shutdown).await;
         stop.cancel();
-        let _ = tokio::join!(background, health);
+        let _ = tokio::join!(background, health, keys);
         let hsm = self.hsm;
         if let Err(e) = tokio::task::spawn_blocking(move || hsm.shutdown()).await {
             tracing::warn!(error = %e, "HSM shutdown task failed");

@@ -37,6 +37,9 @@ pub struct Config {
     /// Logging.
     #[serde(default)]
     pub log: LogConfig,
+    /// Keys created through the key service (their state lives on the token).
+    #[serde(default)]
+    pub managed_keys: ManagedKeysConfig,
     /// Keys on the token served under KMS key ids.
     #[serde(default)]
     pub keys: Vec<KeyConfig>,
@@ -184,6 +187,80 @@ pub enum LogFormat {
     Json,
 }
 
+/// `[managed_keys]`: keys created and changed through `AsymmetricSignatureKeyService`.
+///
+/// The section is not called `[keys]` because `[[keys]]` already holds the config-declared keys.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ManagedKeysConfig {
+    /// How often each replica checks the token for changes made by other replicas, in ms.
+    #[serde(default = "default_refresh_interval_ms")]
+    pub refresh_interval_ms: u64,
+    /// How long a deleted key can still be restored before its key material is destroyed, in
+    /// hours. Fractions are allowed (tests use seconds' worth).
+    #[serde(default = "default_deletion_retention_hours")]
+    pub deletion_retention_hours: f64,
+    /// How often expired deleted keys are looked for and destroyed, in ms.
+    #[serde(default = "default_purge_interval_ms")]
+    pub purge_interval_ms: u64,
+    /// Creates admitted at once; more wait (up to a minute, or their deadline) and then get
+    /// RESOURCE_EXHAUSTED. Within one process, object creation on the token takes turns anyway
+    /// (SoftHSMv2 fails concurrent creation), so generation holds at most one pooled session
+    /// and never starves signing; this bounds the queue. Default: a quarter of
+    /// `hsm.pool_size`, at least 1.
+    pub max_concurrent_generations: Option<usize>,
+}
+
+impl Default for ManagedKeysConfig {
+    fn default() -> Self {
+        Self {
+            refresh_interval_ms: default_refresh_interval_ms(),
+            deletion_retention_hours: default_deletion_retention_hours(),
+            purge_interval_ms: default_purge_interval_ms(),
+            max_concurrent_generations: None,
+        }
+    }
+}
+
+fn default_refresh_interval_ms() -> u64 {
+    5000
+}
+
+fn default_deletion_retention_hours() -> f64 {
+    72.0
+}
+
+fn default_purge_interval_ms() -> u64 {
+    60_000
+}
+
+impl ManagedKeysConfig {
+    /// The refresh interval.
+    pub fn refresh_interval(&self) -> Duration {
+        Duration::from_millis(self.refresh_interval_ms)
+    }
+
+    /// The deletion retention window (validated at load to be finite and non-negative).
+    pub fn deletion_retention(&self) -> Duration {
+        Duration::from_secs_f64(self.deletion_retention_hours * 3600.0)
+    }
+
+    /// The purge interval.
+    pub fn purge_interval(&self) -> Duration {
+        Duration::from_millis(self.purge_interval_ms)
+    }
+
+    /// The generation budget for a pool of `pool_size` sessions.
+    pub fn generation_budget(&self, pool_size: usize) -> usize {
+        self.max_concurrent_generations
+            .unwrap_or(pool_size / 4)
+            .clamp(1, pool_size.max(1))
+    }
+}
+
+/// Folder of config-declared keys that set no `folder_id`.
+pub const DEFAULT_CONFIG_FOLDER_ID: &str = "p11kms-config";
+
 /// Whether a key may sign.
 #[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
 pub enum KeyStatus {
@@ -214,6 +291,9 @@ pub struct KeyConfig {
     /// Optional SHA-256 (hex) of the key's DER SubjectPublicKeyInfo. When set, the key is only
     /// served if the token's public key has exactly this fingerprint.
     pub pin_sha256: Option<String>,
+    /// The folder the key service lists this key under (1 to 50 characters); default
+    /// [`DEFAULT_CONFIG_FOLDER_ID`].
+    pub folder_id: Option<String>,
 }
 
 /// How a key's objects are found on the token.
@@ -267,6 +347,13 @@ impl KeyConfig {
     pub fn algorithm(&self) -> Algorithm {
         Algorithm::from_name(&self.algorithm).expect("validated at load")
     }
+
+    /// The folder the key is listed under.
+    pub fn folder_id(&self) -> &str {
+        self.folder_id
+            .as_deref()
+            .unwrap_or(DEFAULT_CONFIG_FOLDER_ID)
+    }
 }
 
 impl Config {
@@ -296,9 +383,20 @@ impl Config {
             )
             .build()
             .map_err(|e| err(format!("{origin}: {e}")))?;
-        let mut cfg: Config = raw
-            .try_deserialize()
-            .map_err(|e| err(format!("{origin}: {e}")))?;
+        let mut cfg: Config = raw.try_deserialize().map_err(|e| {
+            let from_env: Vec<String> = std::env::vars()
+                .map(|(k, _)| k)
+                .filter(|k| k.starts_with("P11KMS__"))
+                .collect();
+            if from_env.is_empty() {
+                err(format!("{origin}: {e}"))
+            } else {
+                err(format!(
+                    "{origin}: {e} (values may also come from these environment variables: {})",
+                    from_env.join(", ")
+                ))
+            }
+        })?;
         cfg.validate(base)?;
         Ok(cfg)
     }
@@ -326,6 +424,28 @@ impl Config {
         }
         hsm.pin = Some(read_pin(hsm, base)?);
 
+        let managed = &self.managed_keys;
+        if managed.refresh_interval_ms < 100 {
+            return Err(err(
+                "managed_keys.refresh_interval_ms: must be at least 100",
+            ));
+        }
+        if managed.purge_interval_ms < 100 {
+            return Err(err("managed_keys.purge_interval_ms: must be at least 100"));
+        }
+        let hours = managed.deletion_retention_hours;
+        // Beyond ~100 years Duration::from_secs_f64 is still fine, but nobody means it.
+        if !hours.is_finite() || !(0.0..=876_000.0).contains(&hours) {
+            return Err(err(format!(
+                "managed_keys.deletion_retention_hours: {hours} must be a number of hours from 0 to 876000"
+            )));
+        }
+        if managed.max_concurrent_generations == Some(0) {
+            return Err(err(
+                "managed_keys.max_concurrent_generations: must be at least 1",
+            ));
+        }
+
         let mut seen = HashSet::new();
         for (i, key) in self.keys.iter().enumerate() {
             let at = if key.id.is_empty() {
@@ -348,6 +468,13 @@ impl Config {
                     key.algorithm,
                     names.join(", ")
                 )));
+            }
+            if let Some(folder) = &key.folder_id {
+                if folder.is_empty() || folder.chars().count() > MAX_KEY_ID_LEN {
+                    return Err(err(format!(
+                        "{at}: folder_id must be 1 to {MAX_KEY_ID_LEN} characters"
+                    )));
+                }
             }
             if let Some(pin) = &key.pin_sha256 {
                 let mut buf = [0u8; 32];

@@ -264,7 +264,11 @@ pub fn banner(state: &DevState, addr: SocketAddr) -> String {
          import grpc\n  \
          from yandex.cloud.kms.v1.asymmetricsignature import asymmetric_signature_crypto_service_pb2 as pb, asymmetric_signature_crypto_service_pb2_grpc as svc\n  \
          stub = svc.AsymmetricSignatureCryptoServiceStub(grpc.insecure_channel(\"{addr}\"))\n  \
-         print(stub.Sign(pb.AsymmetricSignRequest(key_id=\"dev-ecdsa-nist-p256-sha-256\", message=b\"hello\")).signature.hex())\n"
+         print(stub.Sign(pb.AsymmetricSignRequest(key_id=\"dev-ecdsa-nist-p256-sha-256\", message=b\"hello\")).signature.hex())\n\n\
+         create more keys on the token (the keys above are read-only, listed in folder {folder}):\n  \
+         p11kms keys --endpoint http://{addr} create --folder-id dev --algorithm ecdsa-nist-p256-sha-256\n  \
+         p11kms keys --endpoint http://{addr} list --folder-id dev\n",
+        folder = crate::config::DEFAULT_CONFIG_FOLDER_ID,
     );
     out
 }

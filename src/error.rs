@@ -32,6 +32,12 @@ pub enum Error {
     /// The request's own deadline passed.
     #[error("{0}")]
     DeadlineExceeded(String),
+    /// A concurrent change got in the way; retrying the request may work.
+    #[error("{0}")]
+    Aborted(String),
+    /// The method exists in the contract but p11kms does not offer it (yet).
+    #[error("{0}")]
+    Unimplemented(String),
     /// The HSM is unreachable or recovering; retrying later may work.
     #[error("{message}")]
     Unavailable {
@@ -80,6 +86,8 @@ impl Error {
             Error::PermissionDenied(_) => Code::PermissionDenied,
             Error::ResourceExhausted(_) => Code::ResourceExhausted,
             Error::DeadlineExceeded(_) => Code::DeadlineExceeded,
+            Error::Aborted(_) => Code::Aborted,
+            Error::Unimplemented(_) => Code::Unimplemented,
             Error::Unavailable { .. } => Code::Unavailable,
             Error::Internal { .. } => Code::Internal,
         }

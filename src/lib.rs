@@ -14,10 +14,17 @@
 //!
 //! `GetPublicKey` never touches the HSM: it is served from the SPKI read when the key was
 //! resolved. [`app`] wires everything together; [`dev`] provisions a local SoftHSM token.
+//!
+//! Key management (`AsymmetricSignatureKeyService`, `OperationService`, p11kms's
+//! `KeyAdminService`) goes from [`api`] to [`keys::KeyManager`], which keeps every key's
+//! metadata in a data object on the token ([`hsm`] owns those objects too) and mirrors it in
+//! the registry the signer reads. Replicas in front of one token share everything through the
+//! token: a state nonce tells them when to re-read it. [`client`] is the `p11kms keys` CLI.
 
 pub mod api;
 pub mod app;
 pub mod cli;
+pub mod client;
 pub mod config;
 pub mod crypto;
 pub mod dev;

@@ -2,7 +2,7 @@
 
 use clap::Parser;
 use p11kms::cli::{Cli, Command};
-use p11kms::{dev, telemetry, App, Config};
+use p11kms::{client, dev, telemetry, App, Config};
 use std::process::ExitCode;
 
 /// Blocking threads beyond the session pool: start-up, shutdown and key generation.
@@ -10,6 +10,11 @@ const EXTRA_BLOCKING_THREADS: usize = 4;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // A client of a running daemon: no HSM, no config.
+    let cli = match cli.command {
+        Command::Keys(args) => return client::main(args),
+        command => Cli { command },
+    };
     // Everything that must happen before threads exist (config, environment) happens here.
     let prepared = match &cli.command {
         Command::Serve { config } => Config::load(config)
@@ -18,6 +23,7 @@ fn main() -> ExitCode {
         Command::Dev(args) => dev::prepare(args)
             .map(|state| Mode::Dev(state, args.init_only))
             .map_err(|e| e.to_string()),
+        Command::Keys(_) => unreachable!("handled above"),
     };
     let mode = match prepared {
         Ok(mode) => mode,

@@ -4,11 +4,10 @@
 //! software, signs on the token, DER-encodes ECDSA output and verifies the signature against the
 //! key's public key before it can leave the process.
 
-use crate::config::KeyStatus;
 use crate::crypto::{ecdsa_der, KeyKind};
 use crate::error::Error;
 use crate::hsm::Hsm;
-use crate::keys::{KeyEntry, KeyRegistry};
+use crate::keys::{KeyEntry, KeyRegistry, Status};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use tokio::time::Instant;
@@ -49,22 +48,35 @@ impl Signer {
         self.verify_failures.load(Ordering::Relaxed)
     }
 
-    /// Looks a key up for any use.
+    /// Looks a key up for any use. An id this replica does not know triggers one re-scan of
+    /// the token (shared and rate-limited), since another replica may have just created it.
     ///
     /// # Errors
-    /// NOT_FOUND for an unknown key.
-    pub fn key(&self, key_id: &str) -> Result<Arc<KeyEntry>, Error> {
+    /// NOT_FOUND for an unknown or deleted key.
+    pub async fn key(
+        &self,
+        key_id: &str,
+        deadline: Option<Instant>,
+    ) -> Result<Arc<KeyEntry>, Error> {
         self.keys
-            .get(key_id)
+            .lookup(key_id, deadline)
+            .await
             .ok_or_else(|| Error::NotFound(format!("asymmetric signature key {key_id} not found")))
     }
 
-    fn signing_key(&self, key_id: &str) -> Result<Arc<KeyEntry>, Error> {
-        let key = self.key(key_id)?;
+    async fn signing_key(
+        &self,
+        key_id: &str,
+        deadline: Option<Instant>,
+    ) -> Result<Arc<KeyEntry>, Error> {
+        let key = self.key(key_id, deadline).await?;
         match key.status {
-            KeyStatus::Active => Ok(key),
-            KeyStatus::Inactive => Err(Error::FailedPrecondition(format!(
+            Status::Active => Ok(key),
+            Status::Inactive => Err(Error::FailedPrecondition(format!(
                 "key {key_id} is INACTIVE; activate it before signing"
+            ))),
+            Status::Creating => Err(Error::FailedPrecondition(format!(
+                "key {key_id} is still being created"
             ))),
         }
     }
@@ -80,7 +92,7 @@ impl Signer {
         message: &[u8],
         deadline: Option<Instant>,
     ) -> Result<Vec<u8>, Error> {
-        let key = self.signing_key(key_id)?;
+        let key = self.signing_key(key_id, deadline).await?;
         let digest = key.algorithm.hash().digest(message);
         self.sign_digest(&key, digest, deadline).await
     }
@@ -96,7 +108,7 @@ impl Signer {
         hash: &[u8],
         deadline: Option<Instant>,
     ) -> Result<Vec<u8>, Error> {
-        let key = self.signing_key(key_id)?;
+        let key = self.signing_key(key_id, deadline).await?;
         let want = key.algorithm.hash();
         if hash.len() != want.digest_len() {
             return Err(Error::InvalidArgument(format!(
@@ -110,15 +122,24 @@ impl Signer {
         self.sign_digest(&key, hash.to_vec(), deadline).await
     }
 
-    /// The key's public key as PEM SPKI, from the cache; never touches the HSM.
+    /// The key's public key as PEM SPKI, from the cache; a known key never touches the HSM.
     ///
     /// INACTIVE keys still publish their public key: verifiers need it for signatures made
     /// while the key was active.
     ///
     /// # Errors
     /// NOT_FOUND for an unknown key.
-    pub fn public_key_pem(&self, key_id: &str) -> Result<String, Error> {
-        Ok(self.key(key_id)?.public_key.pem().to_string())
+    pub async fn public_key_pem(
+        &self,
+        key_id: &str,
+        deadline: Option<Instant>,
+    ) -> Result<String, Error> {
+        Ok(self
+            .key(key_id, deadline)
+            .await?
+            .public_key
+            .pem()
+            .to_string())
     }
 
     async fn sign_digest(

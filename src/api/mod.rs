@@ -2,5 +2,7 @@
 //! [`crate::signer`].
 
 pub mod grpc;
+pub mod json;
+pub mod key_fields;
 pub mod server;
 pub mod validate;

@@ -114,6 +114,44 @@ impl Inventory {
         })
     }
 
+    /// Reads only the key objects that `selectors` name: one search per selector and class.
+    /// Used when a few keys join a token holding many (keys created by other replicas).
+    pub(crate) fn scan_selected(
+        session: &Session,
+        selectors: &[&ObjectSelector],
+    ) -> Result<Self, HsmError> {
+        let mut inventory = Inventory::default();
+        for selector in selectors {
+            let by = match selector {
+                ObjectSelector::Id(id) => Attribute::Id(id.clone()),
+                ObjectSelector::Label(l) => Attribute::Label(l.as_bytes().to_vec()),
+            };
+            for (class, wanted, out) in [
+                (
+                    ObjectClass::PRIVATE_KEY,
+                    PRIVATE_ATTRIBUTES,
+                    &mut inventory.private,
+                ),
+                (
+                    ObjectClass::PUBLIC_KEY,
+                    PUBLIC_ATTRIBUTES,
+                    &mut inventory.public,
+                ),
+            ] {
+                let handles = session
+                    .find_objects(&[Attribute::Class(class), by.clone()])
+                    .context("C_FindObjects")?;
+                for h in handles {
+                    let attrs = session
+                        .get_attributes(h, wanted)
+                        .context("C_GetAttributeValue")?;
+                    out.push(KeyObject::from_attributes(h, attrs));
+                }
+            }
+        }
+        Ok(inventory)
+    }
+
     /// Index of private keys by `CKA_ID` and by label, so resolving many keys stays O(1) each.
     pub(crate) fn index(&self) -> InventoryIndex<'_> {
         let mut idx = InventoryIndex {
@@ -324,4 +362,38 @@ fn rsa_parts(o: &KeyObject) -> Result<(&[u8], &[u8]), String> {
 fn strip_zeros(b: &[u8]) -> &[u8] {
     let first = b.iter().position(|&x| x != 0).unwrap_or(b.len());
     &b[first..]
+}
+
+/// Proves that an EC private key belongs to the public key published for it, with one trial
+/// signature verified in software. RSA pairs are already proved by their equal moduli; EC
+/// private keys carry no public point to compare, and a mismatched pair would otherwise be
+/// served and every signature withheld by verify-after-sign.
+pub(crate) fn check_pair(
+    session: &Session,
+    spec: &crate::hsm::KeySpec,
+    key: &ResolvedKey,
+) -> Result<(), HsmError> {
+    let KeyKind::Ec(curve) = spec.algorithm.key_kind() else {
+        return Ok(());
+    };
+    let fail = |reason: String| HsmError::Key {
+        key_id: spec.key_id.clone(),
+        reason,
+    };
+    let digest = spec.algorithm.hash().digest(b"p11kms key pair check");
+    let mechanism = super::mechanism::sign_mechanism(spec.algorithm);
+    // A token fault here must stay classified: it fails this resolution (and so the recovery
+    // attempt) instead of refusing a key that is fine.
+    let raw = session
+        .sign(&mechanism, key.private, &digest)
+        .context("C_Sign (key pair check)")?;
+    let der = crate::crypto::ecdsa_der::raw_to_der(curve, &raw).map_err(|e| fail(e.to_string()))?;
+    key.public_key
+        .verify_prehash(spec.algorithm, &digest, &der)
+        .map_err(|_| {
+            fail(format!(
+                "the private key and the public key with {} are not a pair: a trial signature does not verify",
+                spec.selector
+            ))
+        })
 }

@@ -12,16 +12,26 @@
 //! Every key's public key is pinned when it is first resolved; a re-resolved key whose public
 //! key differs is refused, never signed with. Faults are classified once ([`classify`]) and
 //! drive single-flight recovery (see `recovery.rs`).
+//!
+//! Keys created through the API are generated here (`provision.rs`) and registered for every
+//! epoch like configured keys; their metadata documents and the replicas' state nonce are
+//! p11kms data objects (`objects.rs`). Every call that touches them runs through the same
+//! pool, gate and fault handling as signing.
 
 mod error;
 mod inventory;
 mod mechanism;
+mod objects;
 mod pool;
 mod provision;
 mod recovery;
 mod token;
 
 pub use error::{classify, ErrorClass, HsmError};
+pub use objects::{
+    metadata_label, DataObject, NonceChange, StoredVersion, APPLICATION, KEY_LABEL_PREFIX,
+    NONCE_LABEL,
+};
 pub use provision::{init_token, GeneratedKey};
 pub use recovery::HsmStats;
 pub use token::TokenIdentity;
@@ -99,6 +109,13 @@ impl Epoch {
             .insert(key_id, state);
     }
 
+    fn remove_key(&self, key_id: &str) {
+        self.keys
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(key_id);
+    }
+
     fn with_anchor<R>(
         &self,
         f: impl FnOnce(&Session) -> Result<R, HsmError>,
@@ -109,6 +126,15 @@ impl Epoch {
             None => Err(HsmError::Recovering),
         }
     }
+}
+
+/// Whether a failed call may be repeated on a fresh session.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Retry {
+    /// Idempotent (reads, signing, attribute writes): once, after a session-class failure.
+    Once,
+    /// Creates objects: a repeat could leave two objects where the first call half-succeeded.
+    Never,
 }
 
 /// The gateway's connection to one token.
@@ -132,6 +158,8 @@ struct Shared {
     /// Key id → the SPKI (DER) seen when the key was first resolved.
     pins: RwLock<HashMap<String, Vec<u8>>>,
     recovery: recovery::Control,
+    /// How p11kms data objects are changed on this token.
+    writes: objects::WriteMode,
 }
 
 impl std::fmt::Debug for Hsm {
@@ -166,7 +194,11 @@ impl Hsm {
     /// # Errors
     /// Module, token-selection and login failures; a refused PIN is a `Credential` error.
     pub fn connect(cfg: &HsmConfig) -> Result<Self, HsmError> {
-        Self::attach(load(&cfg.module)?, cfg)
+        let module = load(&cfg.module)?;
+        Self::attach(module.clone(), cfg).inspect_err(|_| {
+            // Leave nothing open on the token when start-up fails (network HSMs keep sessions).
+            let _ = module.0.finalize();
+        })
     }
 
     /// Like [`Hsm::connect`] on an already loaded module. Blocking.
@@ -207,6 +239,7 @@ impl Hsm {
                 specs: RwLock::new(Vec::new()),
                 pins: RwLock::new(HashMap::new()),
                 recovery: recovery::Control::new(Duration::from_millis(cfg.probe_interval_ms)),
+                writes: objects::WriteMode::default(),
             }),
         })
     }
@@ -330,21 +363,60 @@ impl Hsm {
                 })
                 .await;
             let Err(e) = outcome else { return outcome };
-            match e.class() {
-                Some(ErrorClass::Session) if !retried => {
-                    tracing::info!(error = %e, "session failed; retrying once on a fresh session");
-                    retried = true;
-                }
-                Some(ErrorClass::Login) => {
-                    self.request_recovery(recovery::Need::Relogin, number, &e);
-                    return Err(e);
-                }
-                Some(ErrorClass::Device | ErrorClass::Ambiguous) => {
-                    self.request_recovery(recovery::Need::Reinit, number, &e);
-                    return Err(e);
-                }
-                _ => return Err(e),
+            if !self.after_failure(&e, number, Retry::Once, &mut retried) {
+                return Err(e);
             }
+        }
+    }
+
+    /// Runs `op` on a pooled session of the current epoch with the fault handling of
+    /// [`Hsm::sign`]: login- and device-class failures start recovery and fail the call; a
+    /// session-class failure is retried once on a fresh session when `retry` allows it.
+    async fn call<R, F>(&self, retry: Retry, op: F) -> Result<R, HsmError>
+    where
+        R: Send + 'static,
+        F: Fn(&Session, &Epoch) -> Result<R, HsmError> + Send + Sync + 'static,
+    {
+        let op = Arc::new(op);
+        let mut retried = false;
+        loop {
+            let epoch = self.current()?;
+            let number = epoch.number;
+            let op = Arc::clone(&op);
+            let outcome = self.run(epoch, None, move |s, e| op(s, e)).await;
+            let Err(e) = outcome else { return outcome };
+            if !self.after_failure(&e, number, retry, &mut retried) {
+                return Err(e);
+            }
+        }
+    }
+
+    /// What a failed call in epoch `epoch` means. Returns true when the caller should try once
+    /// more on a fresh session; otherwise recovery has been requested where the class needs it.
+    fn after_failure(&self, e: &HsmError, epoch: u64, retry: Retry, retried: &mut bool) -> bool {
+        match e.class() {
+            Some(ErrorClass::Session) if retry == Retry::Once && !*retried => {
+                tracing::info!(error = %e, "session failed; retrying once on a fresh session");
+                *retried = true;
+                true
+            }
+            Some(ErrorClass::Login) => {
+                self.request_recovery(recovery::Need::Relogin, epoch, e);
+                false
+            }
+            Some(ErrorClass::Device) => {
+                self.request_recovery(recovery::Need::Reinit, epoch, e);
+                false
+            }
+            // GENERAL_ERROR/FUNCTION_FAILED: a probe decides whether the token needs recovery;
+            // the call itself (its session discarded) gets the one retry a session failure gets.
+            Some(ErrorClass::Ambiguous) => {
+                self.confirm_fault(epoch, e);
+                let again = retry == Retry::Once && !*retried;
+                *retried = true;
+                again
+            }
+            _ => false,
         }
     }
 
@@ -354,16 +426,51 @@ impl Hsm {
     /// # Errors
     /// When the token cannot be scanned at all.
     pub fn resolve_keys(&self, keys: &[KeySpec]) -> Result<Vec<KeyResolution>, HsmError> {
-        {
-            let mut specs = self.shared.specs.write().unwrap_or_else(|p| p.into_inner());
-            for k in keys {
-                specs.retain(|s| s.key_id != k.key_id);
-                specs.push(k.clone());
-            }
-        }
+        self.shared.add_specs(keys);
         let _gate = read(&self.shared.gate);
         let epoch = self.current()?;
         self.shared.resolve_into(&epoch, keys)
+    }
+
+    /// Registers keys for every epoch and resolves them now, like [`Hsm::resolve_keys`], but on
+    /// a pooled session with the usual fault handling, and by looking up only these keys'
+    /// objects when there are few of them (a full scan of a large token costs far more).
+    ///
+    /// # Errors
+    /// When the token cannot be searched; per-key problems are in the result.
+    pub async fn resolve_more(&self, keys: Vec<KeySpec>) -> Result<Vec<KeyResolution>, HsmError> {
+        /// Above this many keys one scan of every key object is cheaper than a search per key.
+        const TARGETED_LIMIT: usize = 64;
+        let _turn = self.shared.writes.search_turn().await;
+        let shared = Arc::clone(&self.shared);
+        self.call(Retry::Once, move |session, epoch| {
+            // Registered under the gate, so a recovery re-resolves them whatever happens next.
+            shared.add_specs(&keys);
+            let inventory = if keys.len() > TARGETED_LIMIT {
+                inventory::Inventory::scan(session)?
+            } else {
+                let selectors: Vec<&ObjectSelector> = keys.iter().map(|k| &k.selector).collect();
+                inventory::Inventory::scan_selected(session, &selectors)?
+            };
+            shared.resolve_from(epoch, &keys, &inventory, session)
+        })
+        .await
+    }
+
+    /// Stops resolving `key_id` in later epochs and drops its handle and pin (its objects are
+    /// gone from the token).
+    pub fn forget_key(&self, key_id: &str) {
+        self.shared
+            .specs
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|s| s.key_id != key_id);
+        self.shared
+            .pins
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(key_id);
+        read(&self.shared.epoch).remove_key(key_id);
     }
 
     /// Closes every session and finalises the module. Blocking; call once, at exit.
@@ -405,9 +512,15 @@ impl Shared {
             .write()
             .unwrap_or_else(|p| p.into_inner())
             .insert(spec.key_id.clone(), spki);
+        self.add_specs(std::slice::from_ref(&spec));
+    }
+
+    /// Adds (or replaces) keys to resolve in every epoch.
+    fn add_specs(&self, keys: &[KeySpec]) {
         let mut specs = self.specs.write().unwrap_or_else(|p| p.into_inner());
-        specs.retain(|s| s.key_id != spec.key_id);
-        specs.push(spec);
+        let ids: std::collections::HashSet<&str> = keys.iter().map(|k| k.key_id.as_str()).collect();
+        specs.retain(|s| !ids.contains(s.key_id.as_str()));
+        specs.extend(keys.iter().cloned());
     }
 
     fn is_current(&self, epoch: &Epoch) -> bool {
@@ -420,7 +533,25 @@ impl Shared {
         epoch: &Epoch,
         keys: &[KeySpec],
     ) -> Result<Vec<KeyResolution>, HsmError> {
-        let inventory = epoch.with_anchor(inventory::Inventory::scan)?;
+        epoch.with_anchor(|anchor| {
+            let inventory = inventory::Inventory::scan(anchor)?;
+            self.resolve_from(epoch, keys, &inventory, anchor)
+        })
+    }
+
+    /// Resolves `keys` into `epoch` from an inventory taken in it, checking pins. Call under the
+    /// gate.
+    ///
+    /// A failure of the session, the login or the token while checking a key says nothing about
+    /// the key: it fails the whole resolution (recovery tries again; a pooled session is
+    /// discarded) instead of refusing the key for the rest of the epoch.
+    fn resolve_from(
+        &self,
+        epoch: &Epoch,
+        keys: &[KeySpec],
+        inventory: &inventory::Inventory,
+        session: &Session,
+    ) -> Result<Vec<KeyResolution>, HsmError> {
         let index = inventory.index();
         let mut pins = self.pins.write().unwrap_or_else(|p| p.into_inner());
         let mut out = Vec::with_capacity(keys.len());
@@ -428,6 +559,7 @@ impl Shared {
             let outcome = index
                 .resolve(&spec.key_id, &spec.selector, spec.algorithm)
                 .and_then(|r| {
+                    inventory::check_pair(session, spec, &r)?;
                     check_pin(spec, &r.public_key, pins.get(&spec.key_id))?;
                     Ok(r)
                 });
@@ -437,6 +569,13 @@ impl Shared {
                         .or_insert_with(|| r.public_key.spki_der().to_vec());
                     epoch.set_key(spec.key_id.clone(), KeyState::Ready(r.private));
                     out.push((spec.key_id.clone(), Ok(r.public_key)));
+                }
+                Err(e)
+                    if e.class().is_some_and(|c| {
+                        !matches!(c, ErrorClass::Request | ErrorClass::KeyConfig)
+                    }) =>
+                {
+                    return Err(e)
                 }
                 Err(e) => {
                     let state = match &e {

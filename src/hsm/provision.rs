@@ -2,7 +2,7 @@
 //! sensitive and non-extractable; their key material never exists outside it.
 
 use super::error::{Context as _, HsmError};
-use super::{Hsm, KeySpec, KeyState, Pkcs11Module};
+use super::{Hsm, KeySpec, KeyState, Pkcs11Module, Retry};
 use crate::config::ObjectSelector;
 use crate::crypto::{Algorithm, KeyKind, PublicKey};
 use cryptoki::mechanism::Mechanism;
@@ -72,6 +72,9 @@ impl Hsm {
     /// Generates a key pair for `algorithm` on the token, tagged with `ck_id` and `label`, and
     /// makes it available for signing under `key_id` in this and every later epoch.
     ///
+    /// Device- and login-class failures start recovery, as for signing; the call is never
+    /// repeated, because a repeat could leave two key pairs under one `CKA_ID`.
+    ///
     /// # Errors
     /// Classified PKCS#11 failures.
     pub async fn generate_key_pair(
@@ -81,21 +84,22 @@ impl Hsm {
         ck_id: Vec<u8>,
         label: String,
     ) -> Result<GeneratedKey, HsmError> {
-        let epoch = self.current()?;
         let spec = KeySpec {
             key_id: key_id.to_string(),
             selector: ObjectSelector::Id(ck_id.clone()),
             algorithm,
             pin_sha256: None,
         };
+        // Object creation takes turns in this process (see `objects::WriteMode`).
+        let _turn = self.shared.writes.turn().await;
         let shared = Arc::clone(&self.shared);
-        self.run(epoch, None, move |session, epoch| {
+        self.call(Retry::Never, move |session, epoch| {
             let (public, private) = generate(session, algorithm, &ck_id, &label)?;
             let public_key = read_public_key(session, public, algorithm, &spec.key_id)?;
             // Registered under the gate, so a recovery cannot run between creation and
             // registration and lose the key.
             shared.register(spec.clone(), public_key.spki_der().to_vec());
-            epoch.set_key(spec.key_id, KeyState::Ready(private));
+            epoch.set_key(spec.key_id.clone(), KeyState::Ready(private));
             Ok(GeneratedKey { public_key })
         })
         .await

@@ -71,10 +71,11 @@ impl AsymmetricSignatureCryptoService for CryptoService {
         &self,
         request: Request<AsymmetricGetPublicKeyRequest>,
     ) -> Result<Response<AsymmetricGetPublicKeyResponse>, Status> {
+        let deadline = deadline::of(&request);
         let req = request.into_inner();
         tracing::Span::current().record("key_id", req.key_id.as_str());
         validate::key_id("key_id", &req.key_id)?;
-        let public_key = self.signer.public_key_pem(&req.key_id)?;
+        let public_key = self.signer.public_key_pem(&req.key_id, deadline).await?;
         Ok(Response::new(AsymmetricGetPublicKeyResponse {
             key_id: req.key_id,
             public_key,

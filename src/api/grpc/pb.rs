@@ -30,6 +30,14 @@ pub mod yandex {
     }
 }
 
+/// `p11kms.*`: our own API, outside the Yandex contract.
+pub mod p11kms {
+    /// `p11kms.v1`
+    pub mod v1 {
+        tonic::include_proto!("p11kms.v1");
+    }
+}
+
 /// `google.rpc`
 pub mod google {
     /// `google.rpc`
@@ -43,3 +51,4 @@ pub const FILE_DESCRIPTOR_SET: &[u8] =
     include_bytes!(concat!(env!("OUT_DIR"), "/p11kms_descriptor.bin"));
 
 pub use yandex::cloud::kms::v1::asymmetricsignature as kms;
+pub use yandex::cloud::operation;

@@ -1,0 +1,171 @@
+//! Canonical proto3 JSON for the key service's messages (lowerCamelCase names, enums by name,
+//! RFC 3339 timestamps, `Any` as the embedded message plus `@type`), as
+//! `google.protobuf.json_format` writes them. Used by the `keys` CLI's `--json` output.
+//!
+//! Fields with default values are written too (proto3 JSON's "emit defaults" form), so that a
+//! key's `deletionProtection: false` or empty `labels` are visible rather than implied.
+
+use crate::api::grpc::pb::google::rpc;
+use crate::api::grpc::pb::kms::{
+    asymmetric_signature_key, AsymmetricSignatureAlgorithm, AsymmetricSignatureKey,
+    ListAsymmetricSignatureKeysResponse,
+};
+use crate::api::grpc::pb::operation::{operation, Operation};
+use crate::keys::ops::type_names;
+use base64::Engine as _;
+use prost::Message as _;
+use serde_json::{json, Map, Value};
+
+/// A timestamp as RFC 3339 text.
+pub fn timestamp(ts: Option<&prost_types::Timestamp>) -> Value {
+    ts.map_or(Value::Null, |t| Value::String(t.to_string()))
+}
+
+/// An `AsymmetricSignatureKey`.
+pub fn key(k: &AsymmetricSignatureKey) -> Value {
+    let status = asymmetric_signature_key::Status::try_from(k.status)
+        .map_or_else(|_| json!(k.status), |s| json!(s.as_str_name()));
+    let algorithm = AsymmetricSignatureAlgorithm::try_from(k.signature_algorithm)
+        .map_or_else(|_| json!(k.signature_algorithm), |a| json!(a.as_str_name()));
+    let labels: Map<String, Value> = {
+        let mut sorted: Vec<_> = k.labels.iter().collect();
+        sorted.sort();
+        sorted
+            .into_iter()
+            .map(|(k, v)| (k.clone(), Value::String(v.clone())))
+            .collect()
+    };
+    let mut out = Map::new();
+    out.insert("id".into(), json!(k.id));
+    out.insert("folderId".into(), json!(k.folder_id));
+    if k.created_at.is_some() {
+        out.insert("createdAt".into(), timestamp(k.created_at.as_ref()));
+    }
+    out.insert("name".into(), json!(k.name));
+    out.insert("description".into(), json!(k.description));
+    out.insert("labels".into(), Value::Object(labels));
+    out.insert("status".into(), status);
+    out.insert("signatureAlgorithm".into(), algorithm);
+    out.insert("deletionProtection".into(), json!(k.deletion_protection));
+    Value::Object(out)
+}
+
+/// A `ListAsymmetricSignatureKeysResponse`.
+pub fn key_list(list: &ListAsymmetricSignatureKeysResponse) -> Value {
+    json!({
+        "keys": list.keys.iter().map(key).collect::<Vec<_>>(),
+        "nextPageToken": list.next_page_token,
+    })
+}
+
+/// An `Any`: the known key-service messages are expanded, others kept as base64.
+pub fn any(a: &prost_types::Any) -> Value {
+    let name = a.type_url.rsplit('/').next().unwrap_or_default();
+    let mut out = match name {
+        type_names::KEY => AsymmetricSignatureKey::decode(a.value.as_slice())
+            .map(|k| key(&k))
+            .unwrap_or(Value::Null),
+        type_names::CREATE_METADATA
+        | type_names::UPDATE_METADATA
+        | type_names::DELETE_METADATA
+        | type_names::UNDELETE_METADATA => {
+            // All four are `{ string key_id = 1; }`.
+            crate::api::grpc::pb::kms::CreateAsymmetricSignatureKeyMetadata::decode(
+                a.value.as_slice(),
+            )
+            .map(|m| json!({ "keyId": m.key_id }))
+            .unwrap_or(Value::Null)
+        }
+        _ => json!({
+            "value": base64::engine::general_purpose::STANDARD.encode(&a.value)
+        }),
+    };
+    if let Value::Object(map) = &mut out {
+        let mut with_type = Map::new();
+        with_type.insert("@type".into(), json!(a.type_url));
+        with_type.append(map);
+        return Value::Object(with_type);
+    }
+    json!({ "@type": a.type_url })
+}
+
+fn status(s: &rpc::Status) -> Value {
+    json!({
+        "code": s.code,
+        "message": s.message,
+        "details": s.details.iter().map(any).collect::<Vec<_>>(),
+    })
+}
+
+/// An `Operation`.
+pub fn operation(op: &Operation) -> Value {
+    let mut out = Map::new();
+    out.insert("id".into(), json!(op.id));
+    out.insert("description".into(), json!(op.description));
+    out.insert("createdAt".into(), timestamp(op.created_at.as_ref()));
+    out.insert("createdBy".into(), json!(op.created_by));
+    out.insert("modifiedAt".into(), timestamp(op.modified_at.as_ref()));
+    out.insert("done".into(), json!(op.done));
+    if let Some(m) = &op.metadata {
+        out.insert("metadata".into(), any(m));
+    }
+    match &op.result {
+        Some(operation::Result::Error(e)) => {
+            out.insert("error".into(), status(e));
+        }
+        Some(operation::Result::Response(r)) => {
+            out.insert("response".into(), any(r));
+        }
+        None => {}
+    }
+    Value::Object(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_use_proto3_json_names() {
+        let k = AsymmetricSignatureKey {
+            id: "k1".into(),
+            folder_id: "f".into(),
+            created_at: Some(prost_types::Timestamp {
+                seconds: 1_700_000_000,
+                nanos: 0,
+            }),
+            status: 2,
+            signature_algorithm: 10,
+            deletion_protection: true,
+            ..Default::default()
+        };
+        let v = key(&k);
+        assert_eq!(v["folderId"], "f");
+        assert_eq!(v["status"], "ACTIVE");
+        assert_eq!(v["signatureAlgorithm"], "ECDSA_NIST_P256_SHA_256");
+        assert_eq!(v["deletionProtection"], true);
+        assert_eq!(v["createdAt"], "2023-11-14T22:13:20Z");
+    }
+
+    #[test]
+    fn operations_expand_their_any_fields() {
+        let op = crate::keys::ops::completed(
+            crate::keys::ops::Kind::Delete,
+            "k1",
+            std::time::SystemTime::now(),
+            "",
+            &AsymmetricSignatureKey {
+                id: "k1".into(),
+                ..Default::default()
+            },
+        );
+        let v = operation(&op);
+        assert_eq!(
+            v["metadata"]["@type"],
+            "type.googleapis.com/yandex.cloud.kms.v1.asymmetricsignature.DeleteAsymmetricSignatureKeyMetadata"
+        );
+        assert_eq!(v["metadata"]["keyId"], "k1");
+        assert_eq!(v["response"]["id"], "k1");
+        assert_eq!(v["done"], true);
+    }
+}

@@ -1,0 +1,265 @@
+#!/usr/bin/env python3
+"""Drive a running p11kms through the official Yandex Cloud Python SDK and verify
+every signature independently with the `cryptography` package.
+
+Usage:
+  sdk_sign.py ENDPOINT                       the 13 keys of `p11kms dev`
+  sdk_sign.py ENDPOINT --key ID=ALGORITHM …  the given keys (e.g. a softhsm-setup token)
+
+ENDPOINT is host:port of a plaintext gRPC listener, e.g. 127.0.0.1:50051.
+
+For every key: GetPublicKey (parsed with cryptography and checked against the
+algorithm's key type, size or curve), Sign over a message and SignHash over its
+digest, each verified: RSA as RSASSA-PSS with MGF1 on the same hash and a salt
+of exactly the digest length; ECDSA as a DER SEQUENCE{r, s} that must be
+canonical, and low-S on secp256k1. Then error cases through the same SDK client:
+an unknown key (NOT_FOUND) and a digest one byte short (INVALID_ARGUMENT).
+
+The client comes from `yandexcloud.SDK().client(..., endpoint=ENDPOINT, insecure=True)`.
+In that mode the SDK opens a bare grpc.insecure_channel to ENDPOINT, sends no
+authorization header and never contacts Yandex; this script enforces that by
+refusing any other gRPC channel and any non-loopback socket for its lifetime.
+
+Prints one line per key and a summary; exits 1 on any failure, 2 on bad usage.
+"""
+
+import base64
+import hashlib
+import ipaddress
+import os
+import socket
+import sys
+
+import grpc
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa, utils
+from cryptography.exceptions import InvalidSignature
+
+# The 13 AsymmetricSignatureAlgorithm names: key kind, size or curve, hash.
+ALGORITHMS = {
+    "RSA_2048_SIGN_PSS_SHA_256": ("rsa", 2048, "sha256"),
+    "RSA_2048_SIGN_PSS_SHA_384": ("rsa", 2048, "sha384"),
+    "RSA_2048_SIGN_PSS_SHA_512": ("rsa", 2048, "sha512"),
+    "RSA_3072_SIGN_PSS_SHA_256": ("rsa", 3072, "sha256"),
+    "RSA_3072_SIGN_PSS_SHA_384": ("rsa", 3072, "sha384"),
+    "RSA_3072_SIGN_PSS_SHA_512": ("rsa", 3072, "sha512"),
+    "RSA_4096_SIGN_PSS_SHA_256": ("rsa", 4096, "sha256"),
+    "RSA_4096_SIGN_PSS_SHA_384": ("rsa", 4096, "sha384"),
+    "RSA_4096_SIGN_PSS_SHA_512": ("rsa", 4096, "sha512"),
+    "ECDSA_NIST_P256_SHA_256": ("ec", "secp256r1", "sha256"),
+    "ECDSA_NIST_P384_SHA_384": ("ec", "secp384r1", "sha384"),
+    "ECDSA_NIST_P521_SHA_512": ("ec", "secp521r1", "sha512"),
+    "ECDSA_SECP256_K1_SHA_256": ("ec", "secp256k1", "sha256"),
+}
+
+HASHES = {"sha256": hashes.SHA256, "sha384": hashes.SHA384, "sha512": hashes.SHA512}
+
+SECP256K1_ORDER = int(
+    "FFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFEBAAEDCE6AF48A03BBFD25E8CD0364141", 16
+)
+
+TIMEOUT = 60  # seconds, per call
+
+
+def dev_key_id(algorithm):
+    """`p11kms dev` key ids: dev- plus the enum name, lower case, _ as -."""
+    return "dev-" + algorithm.lower().replace("_", "-")
+
+
+def guard_network(endpoint):
+    """Fail loudly if anything tries to reach past the endpoint under test.
+
+    gRPC channels are created in C-core, so they are guarded where the SDK
+    creates them; plain Python sockets (the SDK's metadata-service and IAM
+    helpers use `requests`) are limited to loopback.
+    """
+
+    def refuse_secure(target, *args, **kwargs):
+        raise AssertionError(f"the SDK tried to open a TLS channel to {target}")
+
+    real_insecure = grpc.insecure_channel
+
+    def only_endpoint(target, *args, **kwargs):
+        if target != endpoint:
+            raise AssertionError(f"the SDK tried to open a channel to {target}")
+        return real_insecure(target, *args, **kwargs)
+
+    grpc.secure_channel = refuse_secure
+    grpc.insecure_channel = only_endpoint
+
+    real_connect = socket.socket.connect
+
+    def loopback_only(sock, address):
+        host = address[0] if isinstance(address, tuple) else None
+        if host is not None:
+            try:
+                loopback = ipaddress.ip_address(host.split("%")[0]).is_loopback
+            except ValueError:
+                loopback = host == "localhost"
+            if not loopback:
+                raise AssertionError(f"a socket tried to connect to {address}")
+        return real_connect(sock, address)
+
+    socket.socket.connect = loopback_only
+
+
+def parse_args(argv):
+    if len(argv) < 2 or argv[1] in ("-h", "--help"):
+        print("\n".join(__doc__.strip().splitlines()[2:7]), file=sys.stderr)
+        sys.exit(2)
+    endpoint, rest = argv[1], argv[2:]
+    keys = []
+    while rest:
+        if rest[0] != "--key" or len(rest) < 2 or "=" not in rest[1]:
+            print(f"bad arguments: {rest!r}; expected --key ID=ALGORITHM", file=sys.stderr)
+            sys.exit(2)
+        key_id, algorithm = rest[1].split("=", 1)
+        if algorithm not in ALGORITHMS:
+            print(f"unknown algorithm {algorithm!r}", file=sys.stderr)
+            sys.exit(2)
+        keys.append((key_id, algorithm))
+        rest = rest[2:]
+    if not keys:
+        keys = [(dev_key_id(a), a) for a in ALGORITHMS]
+    return endpoint, keys
+
+
+def check_public_key(pem, algorithm):
+    kind, size, _ = ALGORITHMS[algorithm]
+    key = serialization.load_pem_public_key(pem.encode("ascii"))
+    if kind == "rsa":
+        if not isinstance(key, rsa.RSAPublicKey):
+            raise AssertionError(f"public key is {type(key).__name__}, expected RSA")
+        if key.key_size != size:
+            raise AssertionError(f"RSA modulus is {key.key_size} bits, expected {size}")
+    else:
+        if not isinstance(key, ec.EllipticCurvePublicKey):
+            raise AssertionError(f"public key is {type(key).__name__}, expected EC")
+        if key.curve.name != size:
+            raise AssertionError(f"curve is {key.curve.name}, expected {size}")
+    # GetPublicKey must be SPKI with rsaEncryption / id-ecPublicKey + named curve,
+    # uncompressed point: re-encoding what we parsed must give the same bytes.
+    der = serialization.load_pem_public_key(pem.encode("ascii")).public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    body = "".join(line for line in pem.strip().splitlines() if "-----" not in line)
+    if base64.b64decode(body) != der:
+        raise AssertionError("public key PEM is not canonical SPKI DER")
+    return key
+
+
+def verify(key, algorithm, signature, data, prehashed):
+    kind, size, hash_name = ALGORITHMS[algorithm]
+    h = HASHES[hash_name]()
+    chosen = utils.Prehashed(h) if prehashed else h
+    if kind == "rsa":
+        if len(signature) != size // 8:
+            raise AssertionError(f"RSA signature is {len(signature)} bytes, expected {size // 8}")
+        key.verify(
+            signature,
+            data,
+            padding.PSS(mgf=padding.MGF1(HASHES[hash_name]()), salt_length=h.digest_size),
+            chosen,
+        )
+    else:
+        r, s = utils.decode_dss_signature(signature)
+        if utils.encode_dss_signature(r, s) != signature:
+            raise AssertionError("ECDSA signature is not canonical DER")
+        if size == "secp256k1" and s > SECP256K1_ORDER // 2:
+            raise AssertionError("secp256k1 signature is not low-S")
+        key.verify(signature, data, ec.ECDSA(chosen))
+
+
+def main(argv):
+    endpoint, keys = parse_args(argv)
+    guard_network(endpoint)
+
+    # Imported after the guard so that nothing the SDK does at import time escapes it.
+    import yandexcloud
+    from yandex.cloud.kms.v1.asymmetricsignature import (
+        asymmetric_signature_crypto_service_pb2 as pb,
+    )
+    from yandex.cloud.kms.v1.asymmetricsignature.asymmetric_signature_crypto_service_pb2_grpc import (
+        AsymmetricSignatureCryptoServiceStub,
+    )
+
+    sdk = yandexcloud.SDK(user_agent="p11kms-interop")
+    stub = sdk.client(AsymmetricSignatureCryptoServiceStub, endpoint=endpoint, insecure=True)
+    print(f"yandexcloud {yandexcloud._channels.VERSION} -> {endpoint} (insecure, no auth)")
+
+    failures = []
+    keys_ok = 0
+    verified = 0
+    for key_id, algorithm in keys:
+        hash_name = ALGORITHMS[algorithm][2]
+        try:
+            pub = stub.GetPublicKey(pb.AsymmetricGetPublicKeyRequest(key_id=key_id), timeout=TIMEOUT)
+            if pub.key_id != key_id:
+                raise AssertionError(f"GetPublicKey answered for key {pub.key_id!r}")
+            key = check_public_key(pub.public_key, algorithm)
+
+            message = b"p11kms interop " + os.urandom(32)
+            signed = stub.Sign(pb.AsymmetricSignRequest(key_id=key_id, message=message), timeout=TIMEOUT)
+            if signed.key_id != key_id:
+                raise AssertionError(f"Sign answered for key {signed.key_id!r}")
+            verify(key, algorithm, signed.signature, message, prehashed=False)
+
+            digest = hashlib.new(hash_name, os.urandom(64)).digest()
+            hashed = stub.SignHash(pb.AsymmetricSignHashRequest(key_id=key_id, hash=digest), timeout=TIMEOUT)
+            if hashed.key_id != key_id:
+                raise AssertionError(f"SignHash answered for key {hashed.key_id!r}")
+            verify(key, algorithm, hashed.signature, digest, prehashed=True)
+            verified += 2
+            keys_ok += 1
+            print(f"  ok    {key_id:<34} {algorithm:<26} GetPublicKey, Sign, SignHash verified")
+        except (grpc.RpcError, AssertionError, InvalidSignature, ValueError) as e:
+            detail = f"{e.code().name}: {e.details()}" if isinstance(e, grpc.RpcError) else (
+                f"{type(e).__name__}: {e}"
+            )
+            failures.append(f"{key_id} ({algorithm}): {detail}")
+            print(f"  FAIL  {key_id:<34} {algorithm:<26} {detail}")
+
+    # Error cases, through the same SDK client.
+    first_id, first_alg = keys[0]
+    digest_len = hashlib.new(ALGORITHMS[first_alg][2]).digest_size
+    cases = [
+        (
+            "unknown key -> NOT_FOUND",
+            lambda: stub.Sign(
+                pb.AsymmetricSignRequest(key_id="no-such-key-p11kms", message=b"x"), timeout=TIMEOUT
+            ),
+            grpc.StatusCode.NOT_FOUND,
+        ),
+        (
+            f"SignHash with {digest_len - 1}-byte digest -> INVALID_ARGUMENT",
+            lambda: stub.SignHash(
+                pb.AsymmetricSignHashRequest(key_id=first_id, hash=b"\x01" * (digest_len - 1)),
+                timeout=TIMEOUT,
+            ),
+            grpc.StatusCode.INVALID_ARGUMENT,
+        ),
+    ]
+    errors_ok = 0
+    for name, call, want in cases:
+        try:
+            call()
+            got = "OK (no error)"
+        except grpc.RpcError as e:
+            got = e.code().name
+            if e.code() == want:
+                errors_ok += 1
+                print(f"  ok    {name}: {e.details()}")
+                continue
+        failures.append(f"{name}: got {got}")
+        print(f"  FAIL  {name}: got {got}")
+
+    print(
+        f"summary: {keys_ok}/{len(keys)} keys OK, "
+        f"{verified} signatures verified, {errors_ok}/{len(cases)} error cases; "
+        + ("FAILED" if failures else "all OK")
+    )
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))

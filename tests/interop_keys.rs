@@ -1,0 +1,50 @@
+//! Interop: the key service through the official Yandex Cloud Python SDK
+//! (`tests/interop/sdk_keys.py`): every algorithm is created, used, deactivated, reactivated,
+//! protected, deleted and undeleted with the SDK's key-service stub and its operation waiter
+//! (`wait_operation_and_get_result`), and every signature is verified with `cryptography`.
+//!
+//! Needs the interop venv: `P11KMS_INTEROP_PYTHON`, else `./.venv-interop/bin/python` (created by
+//! `./scripts/test`). Never skips: without it the test fails and says what to run.
+
+mod common;
+
+use common::{bin, Daemon, TestToken};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn python() -> PathBuf {
+    if let Some(python) = std::env::var_os("P11KMS_INTEROP_PYTHON") {
+        return PathBuf::from(python);
+    }
+    let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv-interop/bin/python");
+    assert!(
+        venv.exists(),
+        "the interop tests need the official Yandex Cloud Python SDK: run ./scripts/test to create \
+         .venv-interop (or set P11KMS_INTEROP_PYTHON to a python with tests/interop/requirements.txt)"
+    );
+    venv
+}
+
+#[test]
+fn sdk_manages_keys_of_every_algorithm() {
+    let token = TestToken::dev();
+    let daemon = Daemon::serve(&token, &[]);
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/interop/sdk_keys.py");
+    let out = Command::new(python())
+        .arg(&script)
+        .arg(daemon.addr().to_string())
+        .arg(bin())
+        .env_remove("P11KMS_TOKEN")
+        .output()
+        .expect("run the interop script");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    println!("{stdout}");
+    assert!(
+        out.status.success(),
+        "sdk_keys.py failed ({})\n--- stdout ---\n{stdout}\n--- stderr ---\n{stderr}\n--- p11kms ---\n{}",
+        out.status,
+        daemon.describe()
+    );
+    assert!(stdout.contains("all 13 algorithms"), "{stdout}");
+}
