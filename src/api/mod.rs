@@ -4,5 +4,6 @@
 pub mod grpc;
 pub mod json;
 pub mod key_fields;
+pub mod peer;
 pub mod server;
 pub mod validate;

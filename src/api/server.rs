@@ -10,6 +10,9 @@ use hyper_util::service::TowerToHyperService;
 use std::future::Future;
 use std::time::Duration;
 use tokio::net::TcpListener;
+use tower::ServiceExt as _;
+
+use super::peer::Peer;
 
 /// Listener limits.
 #[derive(Clone, Debug)]
@@ -59,7 +62,7 @@ pub async fn serve(
     loop {
         tokio::select! {
             accepted = listener.accept() => {
-                let (stream, peer) = match accepted {
+                let (stream, remote) = match accepted {
                     Ok(conn) => conn,
                     Err(e) => {
                         // Out of file descriptors and similar: back off instead of spinning.
@@ -69,12 +72,18 @@ pub async fn serve(
                     }
                 };
                 let _ = stream.set_nodelay(true);
-                let service = TowerToHyperService::new(router.clone());
+                let peer = Peer { addr: remote, tls: false, client_subject: None };
+                let service = TowerToHyperService::new(router.clone().map_request(
+                    move |mut request: http::Request<hyper::body::Incoming>| {
+                        request.extensions_mut().insert(peer.clone());
+                        request
+                    },
+                ));
                 let conn = builder.serve_connection(TokioIo::new(stream), service).into_owned();
                 let conn = graceful.watch(conn);
                 tokio::spawn(async move {
                     if let Err(e) = conn.await {
-                        tracing::debug!(%peer, error = %e, "connection ended with an error");
+                        tracing::debug!(%remote, error = %e, "connection ended with an error");
                     }
                 });
             }
