@@ -1,7 +1,10 @@
 //! Builds the gateway from a config — HSM, keys, services, listener — and runs it until a
 //! shutdown signal.
 
-use crate::api::{grpc, server};
+use crate::api::grpc::endpoints::EndpointService;
+use crate::api::tls::ServerTls;
+use crate::api::{context, grpc, server};
+use crate::auth::Identity;
 use crate::config::Config;
 use crate::config::KeyConfig;
 use crate::hsm::{Hsm, HsmError, KeySpec};
@@ -10,7 +13,6 @@ use crate::signer::Signer;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -34,6 +36,12 @@ pub enum StartError {
         /// Why.
         source: std::io::Error,
     },
+    /// The `[server.tls]` files cannot be used.
+    #[error("{0}")]
+    Tls(#[from] crate::api::tls::TlsError),
+    /// `[auth]` or `[audit]` cannot be put into service (JWKS, audit file).
+    #[error("{0}")]
+    Identity(String),
     /// A blocking start-up task failed.
     #[error("start-up task failed: {0}")]
     Task(String),
@@ -51,6 +59,34 @@ pub struct App {
     manager: Arc<KeyManager>,
     health: HealthReporter,
     limits: server::ServerLimits,
+    tls: Option<Arc<ServerTls>>,
+    reload: Reload,
+    identity: Arc<Identity>,
+}
+
+/// "Re-read your files": SIGHUP in the binary. Long-lived parts that read files (the TLS
+/// certificate, log sinks) [`subscribe`](Reload::subscribe) and reload on every change of the
+/// counter. A `watch` channel coalesces: a burst of signals means one more reload, never a
+/// queue of them.
+#[derive(Clone, Debug)]
+pub struct Reload(Arc<watch::Sender<u64>>);
+
+impl Default for Reload {
+    fn default() -> Self {
+        Self(Arc::new(watch::channel(0).0))
+    }
+}
+
+impl Reload {
+    /// Asks every subscriber to reload.
+    pub fn trigger(&self) {
+        self.0.send_modify(|generation| *generation += 1);
+    }
+
+    /// A receiver whose `changed()` fires on every later [`Reload::trigger`].
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.0.subscribe()
+    }
 }
 
 impl std::fmt::Debug for App {
@@ -79,6 +115,8 @@ impl App {
     /// # Errors
     /// As [`App::build`].
     pub async fn build_with_hsm(config: &Config, hsm: Hsm) -> Result<Self, StartError> {
+        // First, so that everything built below can subscribe.
+        let reload = Reload::default();
         let specs: Vec<KeySpec> = config.keys.iter().map(KeyConfig::spec).collect();
         let resolved = {
             let hsm = hsm.clone();
@@ -102,11 +140,13 @@ impl App {
         }
         tracing::info!(keys = registry.len(), "configured keys resolved");
 
+        let identity = Identity::from_config(config).map_err(StartError::Identity)?;
         let manager = KeyManager::new(
             Arc::clone(&registry),
             hsm.clone(),
             &config.managed_keys,
             hsm.pool_capacity(),
+            Arc::clone(&identity.policy),
         );
         let managed = manager
             .load()
@@ -121,13 +161,36 @@ impl App {
             registry,
             hsm.clone(),
             config.signing.verify_ecdsa,
+            Arc::clone(&identity.policy),
         ));
-        let (router, health) = grpc::routes(Arc::clone(&signer), Arc::clone(&manager));
 
+        let tls = match &config.server.tls {
+            Some(cfg) => {
+                let cfg = cfg.clone();
+                // File reads and key parsing: blocking work.
+                Some(
+                    tokio::task::spawn_blocking(move || ServerTls::load(&cfg))
+                        .await
+                        .map_err(|e| StartError::Task(e.to_string()))??,
+                )
+            }
+            None => None,
+        };
         let addr = config.server.listen;
         let listener = TcpListener::bind(addr)
             .await
             .map_err(|source| StartError::Bind { addr, source })?;
+        let bound = listener
+            .local_addr()
+            .map_err(|source| StartError::Bind { addr, source })?;
+        let advertised = advertised_address(config, bound);
+        let (router, health) = grpc::routes(
+            Arc::clone(&signer),
+            Arc::clone(&manager),
+            EndpointService::new(&advertised),
+        );
+        // Last: every route of the shared router (gRPC now, REST later) goes through it.
+        let router = context::apply(router, Arc::clone(&identity), hsm.token().serial);
         Ok(Self {
             listener,
             router,
@@ -135,11 +198,21 @@ impl App {
             signer,
             manager,
             health,
-            limits: server::ServerLimits {
-                shutdown_grace: Duration::from_millis(config.server.shutdown_grace_ms),
-                ..server::ServerLimits::default()
-            },
+            limits: server::ServerLimits::from_config(&config.server),
+            tls,
+            reload,
+            identity,
         })
+    }
+
+    /// The reload signal: the binary triggers it on SIGHUP; parts that read files subscribe.
+    pub fn reload(&self) -> &Reload {
+        &self.reload
+    }
+
+    /// Authentication, authorisation, audit and rate limits.
+    pub fn identity(&self) -> &Arc<Identity> {
+        &self.identity
     }
 
     /// The bound address (useful with port 0).
@@ -167,15 +240,43 @@ impl App {
         let background = self.hsm.spawn_background(stop.clone());
         let keys = self.manager.spawn_background(stop.clone());
         let health = tokio::spawn(report_health(self.hsm.health(), self.health, stop.clone()));
-        server::serve(self.listener, self.router, self.limits, shutdown).await;
+        let identity = self
+            .identity
+            .spawn_background(self.reload.subscribe(), stop.clone());
+        let tls_watch = self
+            .tls
+            .as_ref()
+            .map(|tls| tokio::spawn(Arc::clone(tls).watch(self.reload.subscribe(), stop.clone())));
+        server::serve(self.listener, self.router, self.limits, self.tls, shutdown).await;
         stop.cancel();
-        let _ = tokio::join!(background, health, keys);
+        let _ = tokio::join!(background, health, keys, identity);
+        // Records of requests cancelled during the drain were queued without waiting.
+        self.identity.audit.flush().await;
+        if let Some(task) = tls_watch {
+            let _ = task.await;
+        }
         let hsm = self.hsm;
         if let Err(e) = tokio::task::spawn_blocking(move || hsm.shutdown()).await {
             tracing::warn!(error = %e, "HSM shutdown task failed");
         }
         tracing::info!("stopped");
     }
+}
+
+/// What endpoint discovery advertises: `server.advertise_address`, else the bound address.
+fn advertised_address(config: &Config, bound: SocketAddr) -> String {
+    if let Some(address) = &config.server.advertise_address {
+        return address.clone();
+    }
+    if bound.ip().is_unspecified() {
+        tracing::warn!(
+            %bound,
+            "server.advertise_address is not set and the listener is on a wildcard address: \
+             endpoint discovery hands clients {bound}, which only works on this host; set \
+             server.advertise_address to the host:port clients use (the name in the certificate)"
+        );
+    }
+    bound.to_string()
 }
 
 /// Mirrors the HSM's health into `grpc.health.v1`: SERVING only while the token answers. The

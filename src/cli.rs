@@ -27,6 +27,8 @@ pub enum Command {
     Dev(DevArgs),
     /// Manage keys on a running p11kms over gRPC (create, get, list, update, delete, undelete).
     Keys(KeysArgs),
+    /// Measure p11kms against the token it fronts: direct PKCS#11 and gateway in one run.
+    Bench(BenchArgs),
 }
 
 /// `p11kms keys` options. The bearer token comes from `--token-file` or the `P11KMS_TOKEN`
@@ -149,4 +151,132 @@ pub struct DevArgs {
     /// Create (or check) the token, keys and config, then exit without serving.
     #[arg(long)]
     pub init_only: bool,
+}
+
+/// `p11kms bench` options. With no options it creates a SoftHSM token in a temporary directory,
+/// starts its own daemon on it, and measures every algorithm.
+#[derive(Debug, clap::Args)]
+pub struct BenchArgs {
+    /// Algorithms: `all`, or a comma-separated list (ECDSA_NIST_P256_SHA_256 or
+    /// ecdsa-nist-p256-sha-256).
+    #[arg(long, value_delimiter = ',', default_value = "all")]
+    pub algorithm: Vec<String>,
+    /// Measured time per run: seconds, or with a unit (500ms, 5s, 1m).
+    #[arg(long, value_parser = parse_duration, default_value = "3s")]
+    pub duration: std::time::Duration,
+    /// Unmeasured warm-up before each run.
+    #[arg(long, value_parser = parse_duration, default_value = "1s")]
+    pub warmup: std::time::Duration,
+    /// PKCS#11 sessions: threads of the direct path, and the daemon's `hsm.pool_size`.
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..=1024))]
+    pub sessions: u16,
+    /// Concurrent gRPC clients, each on its own HTTP/2 connection.
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..=4096))]
+    pub concurrency: u16,
+    /// What to measure: both paths, or only one.
+    #[arg(long, value_enum, default_value_t = BenchMode::Both)]
+    pub mode: BenchMode,
+    /// Gateway operations to measure.
+    #[arg(
+        long,
+        value_enum,
+        value_delimiter = ',',
+        default_value = "sign-hash,sign-1k,sign-32k,get-public-key"
+    )]
+    pub ops: Vec<BenchOp>,
+    /// ECDSA verify-after-sign in the bench's daemon. `both`: every run with it on (the
+    /// default config), plus a SignHash run with it off for each ECDSA algorithm.
+    #[arg(long, value_enum, default_value_t = BenchVerify::Both)]
+    pub verify_ecdsa: BenchVerify,
+    /// Skip the SignHash runs at half of the saturation throughput (the latency target).
+    #[arg(long)]
+    pub no_half_load: bool,
+    /// Print the report as JSON on stdout (progress goes to stderr).
+    #[arg(long)]
+    pub json: bool,
+    /// Also write the report as Markdown tables to this file.
+    #[arg(long)]
+    pub markdown: Option<PathBuf>,
+    /// Where the bench's SoftHSM token, PINs and config live (as `p11kms dev --state-dir`);
+    /// reused between runs. Default: a temporary directory, removed at exit.
+    #[arg(long)]
+    pub state_dir: Option<PathBuf>,
+    /// The SoftHSMv2 module; found in the usual install locations when omitted.
+    #[arg(long)]
+    pub module: Option<PathBuf>,
+    /// Measure this running gateway (plaintext gRPC, dev key ids) instead of starting one. The
+    /// direct path then needs `--state-dir` of the same token.
+    #[arg(long)]
+    pub endpoint: Option<String>,
+    /// A file holding the bearer token to send. Default: `<state-dir>/admin.token` when it
+    /// exists, else the `P11KMS_TOKEN` environment variable, else none.
+    #[arg(long)]
+    pub token_file: Option<PathBuf>,
+    /// Scale runs instead of the algorithm runs: start-up time and P-256 SignHash throughput of
+    /// `p11kms serve` with this many keys on a token, e.g. `10,1000,10000`. Keys are generated
+    /// once per `--state-dir` and reused.
+    #[arg(long, value_delimiter = ',')]
+    pub scale: Vec<usize>,
+    /// Internal: generate this many scale keys on the token of `SOFTHSM2_CONF`, then exit.
+    #[arg(long, hide = true)]
+    pub scale_keygen: Option<usize>,
+}
+
+/// Which paths `p11kms bench` measures.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum BenchMode {
+    /// Direct PKCS#11 and the gateway.
+    Both,
+    /// Only PKCS#11 sessions in the bench process.
+    Direct,
+    /// Only the gateway.
+    Gateway,
+}
+
+/// A gateway operation `p11kms bench` measures.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum BenchOp {
+    /// SignHash with a digest of the key's hash length.
+    SignHash,
+    /// Sign with a 1 KiB message.
+    #[value(name = "sign-1k")]
+    Sign1k,
+    /// Sign with a 32 KiB message (the API's limit).
+    #[value(name = "sign-32k")]
+    Sign32k,
+    /// GetPublicKey.
+    GetPublicKey,
+}
+
+/// ECDSA verify-after-sign setting of the bench's daemon.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum BenchVerify {
+    /// On (the default config).
+    On,
+    /// Off.
+    Off,
+    /// On, plus SignHash runs with it off.
+    Both,
+}
+
+/// `250ms`, `5s`, `2m`, or bare seconds (`2.5`).
+fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
+    let text = text.trim();
+    let (number, scale) = if let Some(n) = text.strip_suffix("ms") {
+        (n, 0.001)
+    } else if let Some(n) = text.strip_suffix('s') {
+        (n, 1.0)
+    } else if let Some(n) = text.strip_suffix('m') {
+        (n, 60.0)
+    } else {
+        (text, 1.0)
+    };
+    let value: f64 = number
+        .trim()
+        .parse()
+        .map_err(|_| format!("{text:?} is not a duration (e.g. 500ms, 5s, 1m)"))?;
+    if !value.is_finite() || value < 0.0 || value * scale > 86_400.0 {
+        return Err(format!("{text:?} is out of range"));
+    }
+    Ok(std::time::Duration::from_secs_f64(value * scale))
 }

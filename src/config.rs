@@ -43,18 +43,63 @@ pub struct Config {
     /// Keys on the token served under KMS key ids.
     #[serde(default)]
     pub keys: Vec<KeyConfig>,
+    /// Caller authentication and role bindings.
+    #[serde(default)]
+    pub auth: AuthConfig,
+    /// The audit trail.
+    #[serde(default)]
+    pub audit: AuditConfig,
+    /// Per-subject rate limits.
+    #[serde(default)]
+    pub rate_limit: RateLimitConfig,
 }
 
 /// `[server]`
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ServerConfig {
-    /// Address the gRPC listener binds; port 0 picks a free port.
+    /// Address the gRPC listener binds; port 0 picks a free port. Without `[server.tls]` it must
+    /// be a loopback address.
     #[serde(default = "default_listen")]
     pub listen: SocketAddr,
     /// After SIGTERM, how long in-flight requests may take to finish, in milliseconds.
     #[serde(default = "default_shutdown_grace_ms")]
     pub shutdown_grace_ms: u64,
+    /// `host:port` that endpoint discovery (`ApiEndpointService`) hands to clients: the name in
+    /// the certificate. Default: the bound listen address.
+    pub advertise_address: Option<String>,
+    /// HTTP/2 streams one connection may have open at once.
+    #[serde(default = "default_max_concurrent_streams")]
+    pub max_concurrent_streams: u32,
+    /// Largest request header block accepted (HTTP/2 `SETTINGS_MAX_HEADER_LIST_SIZE`), in bytes.
+    #[serde(default = "default_max_header_list_size")]
+    pub max_header_list_size: u32,
+    /// Interval of HTTP/2 keepalive PINGs on every connection, in milliseconds; 0 turns them off.
+    #[serde(default = "default_keepalive_interval_ms")]
+    pub keepalive_interval_ms: u64,
+    /// How long a keepalive PING may go unanswered before the connection is closed, in ms.
+    #[serde(default = "default_keepalive_timeout_ms")]
+    pub keepalive_timeout_ms: u64,
+    /// Age after which a connection is asked to go away (graceful GOAWAY), in milliseconds,
+    /// with up to ±10% jitter; 0 means no limit.
+    #[serde(default = "default_max_connection_age_ms")]
+    pub max_connection_age_ms: u64,
+    /// After that GOAWAY, how long its in-flight requests may take before it is closed, in ms.
+    #[serde(default = "default_max_connection_age_grace_ms")]
+    pub max_connection_age_grace_ms: u64,
+    /// Streams a client may open and reset before the server accepted them (Rapid Reset),
+    /// per connection; beyond it the connection is closed with GOAWAY.
+    #[serde(default = "default_max_pending_accept_reset_streams")]
+    pub max_pending_accept_reset_streams: usize,
+    /// Streams the server may reset because of the client's protocol errors, per connection,
+    /// before it closes the connection with GOAWAY.
+    #[serde(default = "default_max_local_error_reset_streams")]
+    pub max_local_error_reset_streams: usize,
+    /// HTTP/1.1 only: how long a client may take to send a request's headers, in milliseconds.
+    #[serde(default = "default_header_read_timeout_ms")]
+    pub header_read_timeout_ms: u64,
+    /// TLS on the listener; required unless `listen` is a loopback address.
+    pub tls: Option<TlsConfig>,
 }
 
 impl Default for ServerConfig {
@@ -62,6 +107,17 @@ impl Default for ServerConfig {
         Self {
             listen: default_listen(),
             shutdown_grace_ms: default_shutdown_grace_ms(),
+            advertise_address: None,
+            max_concurrent_streams: default_max_concurrent_streams(),
+            max_header_list_size: default_max_header_list_size(),
+            keepalive_interval_ms: default_keepalive_interval_ms(),
+            keepalive_timeout_ms: default_keepalive_timeout_ms(),
+            max_connection_age_ms: default_max_connection_age_ms(),
+            max_connection_age_grace_ms: default_max_connection_age_grace_ms(),
+            max_pending_accept_reset_streams: default_max_pending_accept_reset_streams(),
+            max_local_error_reset_streams: default_max_local_error_reset_streams(),
+            header_read_timeout_ms: default_header_read_timeout_ms(),
+            tls: None,
         }
     }
 }
@@ -72,6 +128,129 @@ fn default_shutdown_grace_ms() -> u64 {
 
 fn default_listen() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 50051))
+}
+
+fn default_max_concurrent_streams() -> u32 {
+    128
+}
+
+fn default_max_header_list_size() -> u32 {
+    16 * 1024
+}
+
+fn default_keepalive_interval_ms() -> u64 {
+    30_000
+}
+
+fn default_keepalive_timeout_ms() -> u64 {
+    20_000
+}
+
+fn default_max_connection_age_ms() -> u64 {
+    30 * 60 * 1000
+}
+
+fn default_max_connection_age_grace_ms() -> u64 {
+    30_000
+}
+
+fn default_max_pending_accept_reset_streams() -> usize {
+    20
+}
+
+fn default_max_local_error_reset_streams() -> usize {
+    256
+}
+
+fn default_header_read_timeout_ms() -> u64 {
+    10_000
+}
+
+/// `[server.tls]`: the listener's certificate, optional mTLS, and the handshake deadline.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// PEM certificate chain, leaf first. Re-read on SIGHUP and when the file changes.
+    pub cert_file: PathBuf,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1) of the leaf certificate.
+    pub key_file: PathBuf,
+    /// PEM CA bundle for client certificates. When set, every client must present a
+    /// certificate that chains to it (mTLS); when absent, none is asked for.
+    pub client_ca_file: Option<PathBuf>,
+    /// How long a client has from TCP accept to a finished TLS handshake and the start of HTTP,
+    /// in milliseconds; then it is disconnected.
+    #[serde(default = "default_handshake_timeout_ms")]
+    pub handshake_timeout_ms: u64,
+    /// How often the files are checked for changes, in milliseconds; 0: only on SIGHUP.
+    #[serde(default = "default_watch_interval_ms")]
+    pub watch_interval_ms: u64,
+}
+
+/// The default of `server.tls.handshake_timeout_ms`; plaintext (loopback) listeners give a client
+/// the same time to start speaking HTTP.
+pub const DEFAULT_HANDSHAKE_TIMEOUT_MS: u64 = 10_000;
+
+fn default_handshake_timeout_ms() -> u64 {
+    DEFAULT_HANDSHAKE_TIMEOUT_MS
+}
+
+fn default_watch_interval_ms() -> u64 {
+    2000
+}
+
+impl ServerConfig {
+    /// Checks the listener settings and resolves the TLS file paths against `base`.
+    fn validate(&mut self, base: &Path) -> Result<(), ConfigError> {
+        if self.tls.is_none() && !self.listen.ip().is_loopback() {
+            return Err(err(format!(
+                "server.listen: {} is not a loopback address, and without server.tls the \
+                 listener would be plaintext; add a [server.tls] section (cert_file, key_file), \
+                 or listen on 127.0.0.1 or [::1]",
+                self.listen
+            )));
+        }
+        if let Some(address) = &self.advertise_address {
+            let port = address
+                .rsplit_once(':')
+                .map(|(host, port)| (host, port.parse::<u16>()));
+            if !matches!(port, Some((host, Ok(p))) if !host.is_empty() && p != 0) {
+                return Err(err(format!(
+                    "server.advertise_address: {address:?} must be host:port (the name clients \
+                     connect to, as in the certificate), e.g. \"kms.example.com:443\""
+                )));
+            }
+        }
+        if self.max_concurrent_streams == 0 {
+            return Err(err("server.max_concurrent_streams: must be at least 1"));
+        }
+        if self.max_header_list_size < 1024 {
+            return Err(err(
+                "server.max_header_list_size: must be at least 1024 (bytes)",
+            ));
+        }
+        if self.keepalive_interval_ms > 0 && self.keepalive_timeout_ms == 0 {
+            return Err(err(
+                "server.keepalive_timeout_ms: must be at least 1 while keepalive_interval_ms is set",
+            ));
+        }
+        if self.header_read_timeout_ms == 0 {
+            return Err(err("server.header_read_timeout_ms: must be at least 1"));
+        }
+        if let Some(tls) = &mut self.tls {
+            if tls.handshake_timeout_ms == 0 {
+                return Err(err("server.tls.handshake_timeout_ms: must be at least 1"));
+            }
+            if tls.watch_interval_ms != 0 && tls.watch_interval_ms < 100 {
+                return Err(err(
+                    "server.tls.watch_interval_ms: must be 0 (SIGHUP only) or at least 100",
+                ));
+            }
+            tls.cert_file = base.join(&tls.cert_file);
+            tls.key_file = base.join(&tls.key_file);
+            tls.client_ca_file = tls.client_ca_file.as_ref().map(|f| base.join(f));
+        }
+        Ok(())
+    }
 }
 
 /// `[hsm]`
@@ -402,6 +581,10 @@ impl Config {
     }
 
     fn validate(&mut self, base: &Path) -> Result<(), ConfigError> {
+        self.server.validate(base)?;
+        self.auth.validate(base)?;
+        self.audit.validate(base)?;
+        self.rate_limit.validate()?;
         let hsm = &mut self.hsm;
         match (&hsm.token_label, &hsm.token_serial) {
             (Some(_), Some(_)) => {
@@ -560,4 +743,351 @@ fn check_pin_file_mode(path: &Path) -> Result<(), ConfigError> {
         )));
     }
     Ok(())
+}
+
+// ------------------------------------------------------------------------------------------
+// Identity: [auth], [audit], [rate_limit]
+// ------------------------------------------------------------------------------------------
+
+/// Subject types a credential may map to (`yandex.cloud.access.Subject.type`).
+pub const CALLER_SUBJECT_TYPES: &[&str] = &["userAccount", "serviceAccount", "federatedUser"];
+/// The `system` subject that every authenticated caller matches in a binding.
+pub const ALL_AUTHENTICATED_USERS: &str = "allAuthenticatedUsers";
+/// Longest subject id (as `yandex.cloud.access.Subject.id`).
+pub const MAX_SUBJECT_ID_LEN: usize = 100;
+/// `folder_id` of a binding that applies to every folder.
+pub const ANY_FOLDER: &str = "*";
+
+/// `[auth]`: how callers prove who they are, and the roles bound to them in this file. Roles
+/// can also be bound per key through `SetAccessBindings`/`UpdateAccessBindings`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthConfig {
+    /// Static API tokens, stored as SHA-256 hashes only.
+    #[serde(default)]
+    pub tokens: Vec<TokenConfig>,
+    /// Verified mTLS client certificate subjects mapped to subjects.
+    #[serde(default)]
+    pub mtls: Vec<MtlsSubjectConfig>,
+    /// JWTs from an identity provider, checked against a JWKS file.
+    pub jwt: Option<JwtConfig>,
+    /// Roles bound to subjects on one folder or on every folder.
+    #[serde(default)]
+    pub bindings: Vec<BindingConfig>,
+}
+
+/// One `[[auth.tokens]]` entry.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenConfig {
+    /// SHA-256 of the token, 64 hex digits (the token itself is never in the config).
+    pub sha256: String,
+    /// The subject id the token authenticates as.
+    pub subject_id: String,
+    /// `userAccount`, `serviceAccount` or `federatedUser`.
+    pub subject_type: String,
+}
+
+impl TokenConfig {
+    /// The hash (validated at load).
+    pub fn hash(&self) -> [u8; 32] {
+        let mut out = [0u8; 32];
+        hex::decode_to_slice(&self.sha256, &mut out).expect("validated at load");
+        out
+    }
+}
+
+/// One `[[auth.mtls]]` entry: a verified client certificate's identity (URI SAN, else CN).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MtlsSubjectConfig {
+    /// The certificate identity, e.g. `spiffe://example.org/ns/ci/sa/release`, or a CN.
+    pub subject: String,
+    /// The subject id it authenticates as; default: `subject` itself.
+    pub subject_id: Option<String>,
+    /// `userAccount`, `serviceAccount` or `federatedUser`.
+    pub subject_type: String,
+}
+
+impl MtlsSubjectConfig {
+    /// The subject id.
+    pub fn id(&self) -> &str {
+        self.subject_id.as_deref().unwrap_or(&self.subject)
+    }
+}
+
+/// `[auth.jwt]`: JWT bearer tokens signed by an identity provider.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JwtConfig {
+    /// The identity provider's JWKS (public keys), as a JSON file.
+    pub jwks_file: PathBuf,
+    /// Required `iss` claim.
+    pub issuer: String,
+    /// Required `aud` claim (one of the token's audiences).
+    pub audience: String,
+    /// The claim that names the subject; default `sub`.
+    #[serde(default = "default_subject_claim")]
+    pub subject_claim: String,
+    /// The subject type JWT callers get; default `federatedUser`.
+    #[serde(default = "default_jwt_subject_type")]
+    pub subject_type: String,
+    /// Clock skew allowed on `exp` and `nbf`, in seconds; default 30.
+    #[serde(default = "default_leeway_s")]
+    pub leeway_s: u64,
+    /// How often the JWKS file is checked for changes, in ms (0: only on SIGHUP); default 10000.
+    #[serde(default = "default_jwks_reload_interval_ms")]
+    pub reload_interval_ms: u64,
+}
+
+fn default_subject_claim() -> String {
+    "sub".into()
+}
+
+fn default_jwt_subject_type() -> String {
+    "federatedUser".into()
+}
+
+fn default_leeway_s() -> u64 {
+    30
+}
+
+fn default_jwks_reload_interval_ms() -> u64 {
+    10_000
+}
+
+/// One `[[auth.bindings]]` entry: a role for a subject on a folder, or on every folder.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BindingConfig {
+    /// One of the KMS roles, e.g. `kms.asymmetricSignatureKeys.signer`.
+    pub role: String,
+    /// The subject id (as the credential maps it).
+    pub subject_id: String,
+    /// The subject type; `system` with id `allAuthenticatedUsers` matches every caller.
+    pub subject_type: String,
+    /// The folder the role applies to, or `*` for every folder.
+    pub folder_id: String,
+}
+
+fn check_caller_subject(at: &str, id: &str, kind: &str) -> Result<(), ConfigError> {
+    if id.is_empty() || id.chars().count() > MAX_SUBJECT_ID_LEN {
+        return Err(err(format!(
+            "{at}: subject_id must be 1 to {MAX_SUBJECT_ID_LEN} characters"
+        )));
+    }
+    if !CALLER_SUBJECT_TYPES.contains(&kind) {
+        return Err(err(format!(
+            "{at}: subject_type {kind:?} is not one of {}",
+            CALLER_SUBJECT_TYPES.join(", ")
+        )));
+    }
+    Ok(())
+}
+
+impl AuthConfig {
+    fn validate(&mut self, base: &Path) -> Result<(), ConfigError> {
+        let mut hashes = HashSet::new();
+        for (i, t) in self.tokens.iter().enumerate() {
+            let at = format!("auth.tokens[{i}] (subject_id {:?})", t.subject_id);
+            let mut h = [0u8; 32];
+            if hex::decode_to_slice(&t.sha256, &mut h).is_err() {
+                return Err(err(format!(
+                    "{at}: sha256 must be the 64-hex-digit SHA-256 of the token, e.g. from \
+                     `printf %s \"$TOKEN\" | sha256sum`"
+                )));
+            }
+            if !hashes.insert(h) {
+                return Err(err(format!("{at}: the same token hash is listed twice")));
+            }
+            check_caller_subject(&at, &t.subject_id, &t.subject_type)?;
+        }
+        let mut subjects = HashSet::new();
+        for (i, m) in self.mtls.iter().enumerate() {
+            let at = format!("auth.mtls[{i}] (subject {:?})", m.subject);
+            if m.subject.is_empty() {
+                return Err(err(format!("auth.mtls[{i}]: subject must not be empty")));
+            }
+            if !subjects.insert(m.subject.as_str()) {
+                return Err(err(format!("{at}: the subject is listed twice")));
+            }
+            check_caller_subject(&at, m.id(), &m.subject_type)?;
+        }
+        if let Some(jwt) = &mut self.jwt {
+            if jwt.issuer.is_empty() || jwt.audience.is_empty() {
+                return Err(err(
+                    "auth.jwt: issuer and audience must be set (tokens are checked against both)",
+                ));
+            }
+            if jwt.subject_claim.is_empty() {
+                return Err(err("auth.jwt.subject_claim: must not be empty"));
+            }
+            if !CALLER_SUBJECT_TYPES.contains(&jwt.subject_type.as_str()) {
+                return Err(err(format!(
+                    "auth.jwt.subject_type: {:?} is not one of {}",
+                    jwt.subject_type,
+                    CALLER_SUBJECT_TYPES.join(", ")
+                )));
+            }
+            if jwt.leeway_s > 300 {
+                return Err(err("auth.jwt.leeway_s: at most 300 seconds"));
+            }
+            if jwt.reload_interval_ms != 0 && jwt.reload_interval_ms < 100 {
+                return Err(err(
+                    "auth.jwt.reload_interval_ms: must be 0 (SIGHUP only) or at least 100",
+                ));
+            }
+            jwt.jwks_file = base.join(&jwt.jwks_file);
+            crate::auth::authn::Jwks::load(&jwt.jwks_file)
+                .map_err(|e| err(format!("auth.jwt.jwks_file: {e}")))?;
+        }
+        for (i, b) in self.bindings.iter().enumerate() {
+            let at = format!(
+                "auth.bindings[{i}] (role {:?}, subject_id {:?})",
+                b.role, b.subject_id
+            );
+            if crate::auth::Role::parse(&b.role).is_none() {
+                return Err(err(format!(
+                    "{at}: role is not one of {}",
+                    crate::auth::Role::ALL
+                        .iter()
+                        .map(|r| r.id())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )));
+            }
+            if b.subject_type == "system" {
+                if b.subject_id != ALL_AUTHENTICATED_USERS {
+                    return Err(err(format!(
+                        "{at}: the only system subject is {ALL_AUTHENTICATED_USERS:?} (anonymous \
+                         callers are never authorised)"
+                    )));
+                }
+            } else {
+                check_caller_subject(&at, &b.subject_id, &b.subject_type)?;
+            }
+            if b.folder_id != ANY_FOLDER
+                && (b.folder_id.is_empty() || b.folder_id.chars().count() > MAX_KEY_ID_LEN)
+            {
+                return Err(err(format!(
+                    "{at}: folder_id must be 1 to {MAX_KEY_ID_LEN} characters, or \"*\" for every folder"
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Where audit records go.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum AuditSink {
+    /// One JSON line per request on standard output.
+    #[default]
+    Stdout,
+    /// Appended to `audit.file`, reopened on SIGHUP.
+    File,
+    /// No audit trail.
+    Off,
+}
+
+/// `[audit]`: one JSON record per request, written before the response leaves.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditConfig {
+    /// `stdout` (default), `file` or `off`.
+    #[serde(default)]
+    pub sink: AuditSink,
+    /// The file, with `sink = "file"`; relative paths resolve against the config's directory.
+    pub file: Option<PathBuf>,
+    /// Refuse to answer (UNAVAILABLE) when a record cannot be written.
+    #[serde(default)]
+    pub required: bool,
+    /// Longest a request waits for its record to be written, in ms; default 1000.
+    #[serde(default = "default_audit_write_timeout_ms")]
+    pub write_timeout_ms: u64,
+    /// `fdatasync` the file after every batch of records; default false.
+    #[serde(default)]
+    pub fsync: bool,
+}
+
+impl Default for AuditConfig {
+    fn default() -> Self {
+        Self {
+            sink: AuditSink::default(),
+            file: None,
+            required: false,
+            write_timeout_ms: default_audit_write_timeout_ms(),
+            fsync: false,
+        }
+    }
+}
+
+fn default_audit_write_timeout_ms() -> u64 {
+    1000
+}
+
+impl AuditConfig {
+    fn validate(&mut self, base: &Path) -> Result<(), ConfigError> {
+        match (self.sink, &self.file) {
+            (AuditSink::File, None) => {
+                return Err(err(
+                    "audit.file: required with sink = \"file\" (the file records are appended to)",
+                ))
+            }
+            (AuditSink::File, Some(f)) => self.file = Some(base.join(f)),
+            (_, Some(_)) => {
+                return Err(err(
+                    "audit.file: only used with sink = \"file\"; set sink = \"file\" or remove it",
+                ))
+            }
+            (_, None) => {}
+        }
+        if self.required && self.sink == AuditSink::Off {
+            return Err(err(
+                "audit.required: cannot be true with sink = \"off\" (nothing could be written)",
+            ));
+        }
+        if !(1..=60_000).contains(&self.write_timeout_ms) {
+            return Err(err("audit.write_timeout_ms: must be 1 to 60000"));
+        }
+        Ok(())
+    }
+
+    /// The write timeout.
+    pub fn write_timeout(&self) -> Duration {
+        Duration::from_millis(self.write_timeout_ms)
+    }
+}
+
+/// `[rate_limit]`: a token bucket per subject (anonymous callers per peer IP). Off unless
+/// `per_subject_rps` is set.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimitConfig {
+    /// Sustained requests per second each subject may make.
+    pub per_subject_rps: Option<f64>,
+    /// Requests a subject may make at once after being idle; default: `per_subject_rps`
+    /// rounded up.
+    pub burst: Option<u32>,
+}
+
+impl RateLimitConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        if let Some(rps) = self.per_subject_rps {
+            if !rps.is_finite() || !(0.001..=1_000_000.0).contains(&rps) {
+                return Err(err(format!(
+                    "rate_limit.per_subject_rps: {rps} must be from 0.001 to 1000000"
+                )));
+            }
+        } else if self.burst.is_some() {
+            return Err(err(
+                "rate_limit.burst: set per_subject_rps too (the limit is off without it)",
+            ));
+        }
+        if self.burst == Some(0) {
+            return Err(err("rate_limit.burst: must be at least 1"));
+        }
+        Ok(())
+    }
 }

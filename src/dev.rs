@@ -1,5 +1,9 @@
 //! `p11kms dev`: a private SoftHSM token with one key per algorithm, and the config that serves
 //! it. The first run creates everything through PKCS#11 itself; later runs reuse it.
+//!
+//! Authentication stays on in dev mode: the first run generates an admin token, writes it to
+//! `<state-dir>/admin.token` (mode 0600) and puts its SHA-256 in the generated config with a
+//! global `kms.admin` binding; the banner prints it with examples that use it.
 
 use crate::cli::DevArgs;
 use crate::config::Config;
@@ -15,6 +19,10 @@ use std::path::{Path, PathBuf};
 pub const TOKEN_LABEL: &str = "p11kms-dev";
 /// Session pool size of the dev config.
 pub const POOL_SIZE: usize = 4;
+/// The file in the state directory holding the dev admin token.
+pub const ADMIN_TOKEN_FILE: &str = "admin.token";
+/// The subject the dev admin token authenticates as.
+pub const ADMIN_SUBJECT: &str = "dev-admin";
 
 /// Where SoftHSMv2 usually lives on Debian/Ubuntu, Fedora, and source builds.
 const MODULE_CANDIDATES: &[&str] = &[
@@ -59,12 +67,18 @@ pub struct DevState {
     dir: PathBuf,
     module: PathBuf,
     listen: SocketAddr,
+    admin_token: SecretString,
 }
 
 impl DevState {
     /// The generated config file.
     pub fn config_path(&self) -> PathBuf {
         self.dir.join("p11kms.toml")
+    }
+
+    /// The file holding the admin token.
+    pub fn admin_token_path(&self) -> PathBuf {
+        self.dir.join(ADMIN_TOKEN_FILE)
     }
 }
 
@@ -116,12 +130,18 @@ pub fn prepare(args: &DevArgs) -> Result<DevState, DevError> {
             write_secret_file(&path, &random_pin())?;
         }
     }
+    let token_path = dir.join(ADMIN_TOKEN_FILE);
+    if !token_path.exists() {
+        write_secret_file(&token_path, &random_token())?;
+    }
+    let admin_token = read_secret(&token_path)?;
     // Safe to mutate the environment: no other thread exists yet (see the doc comment).
     std::env::set_var("SOFTHSM2_CONF", &conf);
     Ok(DevState {
         dir,
         module,
         listen: args.listen,
+        admin_token,
     })
 }
 
@@ -129,6 +149,14 @@ fn random_pin() -> String {
     let mut bytes = [0u8; 12];
     rand::fill(&mut bytes);
     hex::encode(bytes)
+}
+
+/// A bearer token: 32 random bytes, hex, with a recognisable prefix (secret scanners and people
+/// can tell what it is).
+fn random_token() -> String {
+    let mut bytes = [0u8; 32];
+    rand::fill(&mut bytes);
+    format!("p11kms-dev-{}", hex::encode(bytes))
 }
 
 fn write_secret_file(path: &Path, secret: &str) -> Result<(), DevError> {
@@ -160,6 +188,20 @@ fn write_config(state: &DevState) -> Result<(), DevError> {
         cfg = state.config_path().display(),
         listen = state.listen,
         module = state.module.display(),
+    );
+    let token_hash = {
+        use secrecy::ExposeSecret as _;
+        use sha2::Digest as _;
+        hex::encode(sha2::Sha256::digest(
+            state.admin_token.expose_secret().as_bytes(),
+        ))
+    };
+    let _ = write!(
+        text,
+        "\n# The admin token in {file} (its SHA-256 only), with kms.admin on every folder.\n\
+         [[auth.tokens]]\nsha256 = \"{token_hash}\"\nsubject_id = \"{ADMIN_SUBJECT}\"\nsubject_type = \"userAccount\"\n\n\
+         [[auth.bindings]]\nrole = \"kms.admin\"\nsubject_id = \"{ADMIN_SUBJECT}\"\nsubject_type = \"userAccount\"\nfolder_id = \"*\"\n",
+        file = state.admin_token_path().display(),
     );
     for algorithm in Algorithm::ALL {
         let id = key_id(algorithm);
@@ -246,11 +288,17 @@ pub async fn provision(state: &DevState) -> Result<(Config, Hsm), DevError> {
 
 /// What `p11kms dev` prints once it is serving.
 pub fn banner(state: &DevState, addr: SocketAddr) -> String {
+    use secrecy::ExposeSecret as _;
+    let token = state.admin_token.expose_secret();
+    let token_file = state.admin_token_path();
     let mut out = format!(
         "\np11kms dev is serving the Yandex KMS API on {addr} (gRPC, plaintext, local only)\n\
-         state: {}  (token {TOKEN_LABEL:?}; config {})\n\nkeys:\n",
+         state: {}  (token {TOKEN_LABEL:?}; config {})\n\n\
+         admin token (kms.admin on every folder; dev only): {token}\n  \
+         saved in {}; send it as `authorization: Bearer <token>`\n\nkeys:\n",
         state.dir.display(),
-        state.config_path().display()
+        state.config_path().display(),
+        token_file.display(),
     );
     for algorithm in Algorithm::ALL {
         let _ = writeln!(out, "  {:<34} {}", key_id(algorithm), algorithm.name());
@@ -258,16 +306,19 @@ pub fn banner(state: &DevState, addr: SocketAddr) -> String {
     let _ = write!(
         out,
         "\ntry it (message is base64 of \"hello\"):\n  \
-         grpcurl -plaintext -d '{{\"key_id\":\"dev-ecdsa-nist-p256-sha-256\",\"message\":\"aGVsbG8=\"}}' \\\n    \
+         grpcurl -plaintext -H \"authorization: Bearer $(cat {file})\" \\\n    \
+         -d '{{\"key_id\":\"dev-ecdsa-nist-p256-sha-256\",\"message\":\"aGVsbG8=\"}}' \\\n    \
          {addr} yandex.cloud.kms.v1.asymmetricsignature.AsymmetricSignatureCryptoService/Sign\n\n\
          or from Python (pip install yandexcloud):\n  \
          import grpc\n  \
          from yandex.cloud.kms.v1.asymmetricsignature import asymmetric_signature_crypto_service_pb2 as pb, asymmetric_signature_crypto_service_pb2_grpc as svc\n  \
          stub = svc.AsymmetricSignatureCryptoServiceStub(grpc.insecure_channel(\"{addr}\"))\n  \
-         print(stub.Sign(pb.AsymmetricSignRequest(key_id=\"dev-ecdsa-nist-p256-sha-256\", message=b\"hello\")).signature.hex())\n\n\
+         auth = ((\"authorization\", \"Bearer {token}\"),)\n  \
+         print(stub.Sign(pb.AsymmetricSignRequest(key_id=\"dev-ecdsa-nist-p256-sha-256\", message=b\"hello\"), metadata=auth).signature.hex())\n\n\
          create more keys on the token (the keys above are read-only, listed in folder {folder}):\n  \
-         p11kms keys --endpoint http://{addr} create --folder-id dev --algorithm ecdsa-nist-p256-sha-256\n  \
-         p11kms keys --endpoint http://{addr} list --folder-id dev\n",
+         p11kms keys --endpoint http://{addr} --token-file {file} create --folder-id dev --algorithm ecdsa-nist-p256-sha-256\n  \
+         p11kms keys --endpoint http://{addr} --token-file {file} list --folder-id dev\n",
+        file = token_file.display(),
         folder = crate::config::DEFAULT_CONFIG_FOLDER_ID,
     );
     out

@@ -1,4 +1,5 @@
-//! The one error type of the request path, and its single mapping to a gRPC status.
+//! The one error type of the request path, and its single mapping to a gRPC status; REST
+//! answers with that status's code and the HTTP status of Yandex's table ([`http_status`]).
 //!
 //! Client-facing messages say what to fix. Token failures reach clients sanitised, as INTERNAL
 //! or UNAVAILABLE; the full cause is logged here, at the edge, once.
@@ -14,6 +15,9 @@ pub enum Error {
     /// A field is malformed or out of range; the message names the field and the limit.
     #[error("{0}")]
     InvalidArgument(String),
+    /// The request is larger than the transport accepts (before any field is looked at).
+    #[error("{0}")]
+    OutOfRange(String),
     /// The key does not exist (or was deleted).
     #[error("{0}")]
     NotFound(String),
@@ -80,6 +84,7 @@ impl Error {
     pub fn code(&self) -> Code {
         match self {
             Error::InvalidArgument(_) => Code::InvalidArgument,
+            Error::OutOfRange(_) => Code::OutOfRange,
             Error::NotFound(_) => Code::NotFound,
             Error::FailedPrecondition(_) => Code::FailedPrecondition,
             Error::Unauthenticated(_) => Code::Unauthenticated,
@@ -116,6 +121,43 @@ impl From<Error> for Status {
     fn from(error: Error) -> Self {
         error.log();
         Status::new(error.code(), error.to_string())
+    }
+}
+
+/// The HTTP status REST answers a gRPC code with (Yandex's table); the one mapping.
+pub fn http_status(code: Code) -> http::StatusCode {
+    use http::StatusCode as H;
+    match code {
+        Code::Ok => H::OK,
+        Code::Cancelled => H::from_u16(499).expect("499 is a valid status"),
+        Code::InvalidArgument | Code::FailedPrecondition | Code::OutOfRange => H::BAD_REQUEST,
+        Code::DeadlineExceeded => H::GATEWAY_TIMEOUT,
+        Code::NotFound => H::NOT_FOUND,
+        Code::AlreadyExists | Code::Aborted => H::CONFLICT,
+        Code::PermissionDenied => H::FORBIDDEN,
+        Code::ResourceExhausted => H::TOO_MANY_REQUESTS,
+        Code::Unimplemented => H::NOT_IMPLEMENTED,
+        Code::Unavailable => H::SERVICE_UNAVAILABLE,
+        Code::Unauthenticated => H::UNAUTHORIZED,
+        Code::Unknown | Code::Internal | Code::DataLoss => H::INTERNAL_SERVER_ERROR,
+    }
+}
+
+/// The gRPC code an HTTP status stands for, for responses that carry no code of their own.
+pub fn code_of_http(status: http::StatusCode) -> Code {
+    match status.as_u16() {
+        200..=299 => Code::Ok,
+        400 => Code::InvalidArgument,
+        401 => Code::Unauthenticated,
+        403 => Code::PermissionDenied,
+        404 => Code::NotFound,
+        409 => Code::Aborted,
+        429 => Code::ResourceExhausted,
+        499 => Code::Cancelled,
+        501 => Code::Unimplemented,
+        503 => Code::Unavailable,
+        504 => Code::DeadlineExceeded,
+        _ => Code::Internal,
     }
 }
 

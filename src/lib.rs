@@ -23,6 +23,8 @@
 
 pub mod api;
 pub mod app;
+pub mod auth;
+pub mod bench;
 pub mod cli;
 pub mod client;
 pub mod config;

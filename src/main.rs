@@ -13,17 +13,18 @@ fn main() -> ExitCode {
     // A client of a running daemon: no HSM, no config.
     let cli = match cli.command {
         Command::Keys(args) => return client::main(args),
+        Command::Bench(args) => return p11kms::bench::main(args),
         command => Cli { command },
     };
     // Everything that must happen before threads exist (config, environment) happens here.
     let prepared = match &cli.command {
         Command::Serve { config } => Config::load(config)
-            .map(Mode::Serve)
+            .map(|config| Mode::Serve(Box::new(config)))
             .map_err(|e| e.to_string()),
         Command::Dev(args) => dev::prepare(args)
             .map(|state| Mode::Dev(state, args.init_only))
             .map_err(|e| e.to_string()),
-        Command::Keys(_) => unreachable!("handled above"),
+        Command::Keys(_) | Command::Bench(_) => unreachable!("handled above"),
     };
     let mode = match prepared {
         Ok(mode) => mode,
@@ -52,11 +53,16 @@ fn main() -> ExitCode {
 }
 
 enum Mode {
-    Serve(Config),
+    // Boxed: the config is large next to the dev state.
+    Serve(Box<Config>),
     Dev(dev::DevState, bool),
 }
 
 async fn run(mode: Mode) -> Result<(), Box<dyn std::error::Error>> {
+    use tokio::signal::unix::{signal, SignalKind};
+    // Installed before anything slow: SIGHUP's default action kills the process, and an
+    // operator's (or logrotate's) reload during start-up must not.
+    let mut hangup = signal(SignalKind::hangup())?;
     let app = match mode {
         Mode::Serve(config) => App::build(&config).await?,
         Mode::Dev(state, init_only) => {
@@ -74,6 +80,13 @@ async fn run(mode: Mode) -> Result<(), Box<dyn std::error::Error>> {
             app
         }
     };
+    let reload = app.reload().clone();
+    tokio::spawn(async move {
+        while hangup.recv().await.is_some() {
+            tracing::info!("SIGHUP received: reloading files");
+            reload.trigger();
+        }
+    });
     // One line on stdout that scripts and tests wait for instead of sleeping.
     println!("p11kms listening on {}", app.local_addr());
     app.run(shutdown_signal()).await;

@@ -1,13 +1,19 @@
 //! The core of every API: sign, sign a digest, and publish a public key.
 //!
-//! Transports validate fields first; this module looks the key up, checks its status, hashes in
-//! software, signs on the token, DER-encodes ECDSA output and verifies the signature against the
-//! key's public key before it can leave the process.
+//! Transports validate fields first; this module looks the key up, authorises the caller for
+//! the key and operation (before anything reaches the HSM: a denied request costs no token
+//! call), checks its status, hashes in software, signs on the token, DER-encodes ECDSA output
+//! and verifies the signature against the key's public key before it can leave the process.
+//! What the audit record needs (key, algorithm, SHA-256 of the message or digest) is noted in
+//! the request's context.
 
+use crate::auth::authz::Want;
+use crate::auth::{Action, Policy, RequestContext};
 use crate::crypto::{ecdsa_der, KeyKind};
 use crate::error::Error;
 use crate::hsm::Hsm;
 use crate::keys::{KeyEntry, KeyRegistry, Status};
+use sha2::{Digest as _, Sha256};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use tokio::time::Instant;
@@ -16,17 +22,19 @@ use tokio::time::Instant;
 #[derive(Debug)]
 pub struct Signer {
     keys: Arc<KeyRegistry>,
+    policy: Arc<Policy>,
     hsm: Hsm,
     verify_ecdsa: bool,
     verify_failures: AtomicU64,
 }
 
 impl Signer {
-    /// A signer over `keys` on `hsm`. RSA signatures are always verified before they are
-    /// returned; ECDSA ones when `verify_ecdsa` is set.
-    pub fn new(keys: Arc<KeyRegistry>, hsm: Hsm, verify_ecdsa: bool) -> Self {
+    /// A signer over `keys` on `hsm`, authorising with `policy`. RSA signatures are always
+    /// verified before they are returned; ECDSA ones when `verify_ecdsa` is set.
+    pub fn new(keys: Arc<KeyRegistry>, hsm: Hsm, verify_ecdsa: bool, policy: Arc<Policy>) -> Self {
         Self {
             keys,
+            policy,
             hsm,
             verify_ecdsa,
             verify_failures: AtomicU64::new(0),
@@ -48,28 +56,31 @@ impl Signer {
         self.verify_failures.load(Ordering::Relaxed)
     }
 
-    /// Looks a key up for any use. An id this replica does not know triggers one re-scan of
-    /// the token (shared and rate-limited), since another replica may have just created it.
+    /// The key `key_id` if the context's caller may do `action` with it (see
+    /// [`crate::auth::authz`] for unknown keys and re-scans).
     ///
     /// # Errors
-    /// NOT_FOUND for an unknown or deleted key.
+    /// UNAUTHENTICATED, PERMISSION_DENIED, NOT_FOUND.
     pub async fn key(
         &self,
+        ctx: &RequestContext,
+        action: Action,
         key_id: &str,
         deadline: Option<Instant>,
     ) -> Result<Arc<KeyEntry>, Error> {
-        self.keys
-            .lookup(key_id, deadline)
+        ctx.note(|a| a.key_id = Some(crate::auth::audit::bounded(key_id)));
+        self.policy
+            .authorize_key(&self.keys, ctx, action, key_id, Want::Visible, deadline)
             .await
-            .ok_or_else(|| Error::NotFound(format!("asymmetric signature key {key_id} not found")))
     }
 
     async fn signing_key(
         &self,
+        ctx: &RequestContext,
         key_id: &str,
         deadline: Option<Instant>,
     ) -> Result<Arc<KeyEntry>, Error> {
-        let key = self.key(key_id, deadline).await?;
+        let key = self.key(ctx, Action::Sign, key_id, deadline).await?;
         match key.status {
             Status::Active => Ok(key),
             Status::Inactive => Err(Error::FailedPrecondition(format!(
@@ -85,14 +96,16 @@ impl Signer {
     /// validated by the transport.
     ///
     /// # Errors
-    /// NOT_FOUND, FAILED_PRECONDITION, and HSM failures.
+    /// UNAUTHENTICATED, PERMISSION_DENIED, NOT_FOUND, FAILED_PRECONDITION, and HSM failures.
     pub async fn sign(
         &self,
+        ctx: &RequestContext,
         key_id: &str,
         message: &[u8],
         deadline: Option<Instant>,
     ) -> Result<Vec<u8>, Error> {
-        let key = self.signing_key(key_id, deadline).await?;
+        ctx.note(|a| a.message_sha256 = Some(hex::encode(Sha256::digest(message))));
+        let key = self.signing_key(ctx, key_id, deadline).await?;
         let digest = key.algorithm.hash().digest(message);
         self.sign_digest(&key, digest, deadline).await
     }
@@ -104,11 +117,13 @@ impl Signer {
     /// INVALID_ARGUMENT for a wrong length, and as [`Signer::sign`].
     pub async fn sign_hash(
         &self,
+        ctx: &RequestContext,
         key_id: &str,
         hash: &[u8],
         deadline: Option<Instant>,
     ) -> Result<Vec<u8>, Error> {
-        let key = self.signing_key(key_id, deadline).await?;
+        ctx.note(|a| a.digest_sha256 = Some(hex::encode(Sha256::digest(hash))));
+        let key = self.signing_key(ctx, key_id, deadline).await?;
         let want = key.algorithm.hash();
         if hash.len() != want.digest_len() {
             return Err(Error::InvalidArgument(format!(
@@ -128,14 +143,15 @@ impl Signer {
     /// while the key was active.
     ///
     /// # Errors
-    /// NOT_FOUND for an unknown key.
+    /// UNAUTHENTICATED, PERMISSION_DENIED, NOT_FOUND.
     pub async fn public_key_pem(
         &self,
+        ctx: &RequestContext,
         key_id: &str,
         deadline: Option<Instant>,
     ) -> Result<String, Error> {
         Ok(self
-            .key(key_id, deadline)
+            .key(ctx, Action::GetPublicKey, key_id, deadline)
             .await?
             .public_key
             .pem()

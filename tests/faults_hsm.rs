@@ -92,7 +92,7 @@ async fn hung_sign_gives_deadline_exceeded_at_the_deadline_while_health_and_publ
     let prober = {
         let stop = stop.clone();
         let mut health = raw_health_client(daemon.addr());
-        let mut crypto = raw_crypto_client(daemon.addr());
+        let mut crypto = raw_crypto_client(&daemon);
         let ids: Vec<String> = keys.iter().map(|k| k.id.clone()).collect();
         let pems: Vec<String> = {
             let mut pems = Vec::new();

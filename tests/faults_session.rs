@@ -309,7 +309,7 @@ async fn malformed_requests_never_trigger_recovery_or_reach_the_token() {
     let mut senders = tokio::task::JoinSet::new();
     const SENDERS: usize = 8;
     for sender in 0..SENDERS {
-        let mut client = raw_crypto_client(daemon.addr());
+        let mut client = raw_crypto_client(&daemon);
         senders.spawn(async move {
             let mut got: Vec<(&'static str, Code, Code)> = Vec::new();
             for i in (sender..MALFORMED).step_by(SENDERS) {

@@ -224,7 +224,7 @@ async fn token_recreated_with_another_key_under_the_same_id_is_refused() {
         LoadKey::fetch(&daemon, P256).await.keeping_signatures(),
         LoadKey::fetch(&daemon, RSA).await,
     ];
-    let old_pem = get_public_key(&mut raw_crypto_client(daemon.addr()), &p256)
+    let old_pem = get_public_key(&mut raw_crypto_client(&daemon), &p256)
         .await
         .unwrap();
     let load = Load::start(&daemon, keys, LoadConfig::default()).await;
@@ -235,7 +235,7 @@ async fn token_recreated_with_another_key_under_the_same_id_is_refused() {
     let stop = CancellationToken::new();
     let watcher = {
         let stop = stop.clone();
-        let mut client = raw_crypto_client(daemon.addr());
+        let mut client = raw_crypto_client(&daemon);
         let p256 = p256.clone();
         tokio::spawn(async move {
             let mut seen: Vec<Result<String, Code>> = Vec::new();

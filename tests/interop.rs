@@ -196,11 +196,15 @@ fn official_python_sdk_signs_with_every_algorithm_against_dev_mode() {
             .args(["--listen", "127.0.0.1:0"]),
         dir.path().join("p11kms.log"),
     );
+    // Dev mode keeps authentication on: its admin token is in the state dir.
+    let admin_token = std::fs::read_to_string(dir.path().join("dev/admin.token"))
+        .expect("dev mode writes <state-dir>/admin.token");
     let out = run_ok(
         "tests/interop/sdk_sign.py (13 dev keys)",
         command(&python)
             .arg(repo().join("tests/interop/sdk_sign.py"))
-            .arg(&daemon.addr),
+            .arg(&daemon.addr)
+            .env("P11KMS_TOKEN", admin_token.trim()),
     );
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
@@ -296,7 +300,22 @@ fn softhsm_setup_scripts_provision_keys_that_the_sample_config_serves() {
         );
     }
 
-    let config = repo().join("deploy/p11kms.softhsm-sample.toml");
+    // The sample config binds no roles (the operator adds tokens): serve a copy with one API
+    // token that may sign with every key.
+    let sample = repo().join("deploy/p11kms.softhsm-sample.toml");
+    let token = hex::encode(rand::random::<[u8; 32]>());
+    let config = dir.path().join("p11kms.toml");
+    {
+        use sha2::Digest as _;
+        let mut text = std::fs::read_to_string(&sample).expect("read the sample config");
+        text.push_str(&format!(
+            "\n[[auth.tokens]]\nsha256 = \"{}\"\nsubject_id = \"interop\"\nsubject_type = \"serviceAccount\"\n\n\
+             [[auth.bindings]]\nrole = \"kms.asymmetricSignatureKeys.signer\"\nsubject_id = \"interop\"\n\
+             subject_type = \"serviceAccount\"\nfolder_id = \"*\"\n",
+            hex::encode(sha2::Sha256::digest(token.as_bytes()))
+        ));
+        std::fs::write(&config, text).expect("write the config copy");
+    }
     let daemon = Daemon::start(
         command(env!("CARGO_BIN_EXE_p11kms"))
             .arg("serve")
@@ -312,7 +331,8 @@ fn softhsm_setup_scripts_provision_keys_that_the_sample_config_serves() {
     assert_eq!(keys.len(), 5, "the sample config serves five keys");
     let mut sdk = command(&python);
     sdk.arg(repo().join("tests/interop/sdk_sign.py"))
-        .arg(&daemon.addr);
+        .arg(&daemon.addr)
+        .env("P11KMS_TOKEN", &token);
     for (id, algorithm) in &keys {
         sdk.arg("--key").arg(format!("{id}={algorithm}"));
     }
@@ -415,6 +435,9 @@ fn reference_config_documents_every_setting() {
                 || line.starts_with(&format!("{name}  "))
                 || line == format!("[{name}]")
                 || line == format!("[[{name}]]")
+                // A nested table documents its field: `[server.tls]`, `[[auth.tokens]]`.
+                || (line.starts_with('[')
+                    && line.trim_end_matches(']').ends_with(&format!(".{name}")))
         })
     };
     let missing: Vec<_> = names.iter().filter(|n| !documented(n)).collect();

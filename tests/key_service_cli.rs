@@ -9,9 +9,12 @@ use key_service_support::{managed_token, Clients};
 use serde_json::Value;
 use tonic::Code;
 
-/// Runs `p11kms keys --endpoint <daemon> <args…>`.
+/// Runs `p11kms keys --endpoint <daemon> <args…>` with the daemon's admin token in
+/// `P11KMS_TOKEN` (a `--token-file` among `args` wins over it).
 fn keys(daemon: &Daemon, args: &[&str]) -> Exited {
-    let mut launch = Launch::new(["keys", "--endpoint"]).arg(daemon.endpoint());
+    let mut launch = Launch::new(["keys", "--endpoint"])
+        .arg(daemon.endpoint())
+        .env("P11KMS_TOKEN", daemon.admin_token());
     for a in args {
         launch = launch.arg(a);
     }
@@ -317,9 +320,11 @@ async fn keys_cli_reports_errors_clearly() {
         keys(&daemon, &["--token-file", "/nonexistent/token", "get", "x"]),
         &["cannot read --token-file", "/nonexistent/token"],
     );
+    // The token is sent: the admin token from a file works, a wrong one (from a file or the
+    // environment) is refused, and so is none at all.
     let dir = tempfile::tempdir().unwrap();
     let token_file = dir.path().join("token");
-    std::fs::write(&token_file, "t0ken\n").unwrap();
+    std::fs::write(&token_file, format!("{}\n", daemon.admin_token())).unwrap();
     ok(keys(
         &daemon,
         &[
@@ -330,14 +335,43 @@ async fn keys_cli_reports_errors_clearly() {
             "f",
         ],
     ));
+    let wrong_file = dir.path().join("wrong");
+    std::fs::write(&wrong_file, "t0ken\n").unwrap();
+    fails(
+        keys(
+            &daemon,
+            &[
+                "--token-file",
+                wrong_file.to_str().unwrap(),
+                "list",
+                "--folder-id",
+                "f",
+            ],
+        ),
+        &["Unauthenticated"],
+    );
     let with_env = Launch::new(["keys", "--endpoint"])
         .arg(daemon.endpoint())
-        .env("P11KMS_TOKEN", "t0ken")
+        .env("P11KMS_TOKEN", daemon.admin_token())
         .arg("list")
         .arg("--folder-id")
         .arg("p11kms-config")
         .output();
     assert!(ok(with_env).contains("dev-ecdsa-nist-p256-sha-256"));
+    for token in [Some("t0ken"), None] {
+        let mut launch = Launch::new(["keys", "--endpoint"]).arg(daemon.endpoint());
+        if let Some(t) = token {
+            launch = launch.env("P11KMS_TOKEN", t);
+        }
+        fails(
+            launch
+                .arg("list")
+                .arg("--folder-id")
+                .arg("p11kms-config")
+                .output(),
+            &["Unauthenticated"],
+        );
+    }
     let help = Launch::new(["keys", "--help"]).output();
     assert!(
         !help.stdout.contains("--token "),

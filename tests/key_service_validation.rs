@@ -15,8 +15,8 @@ use p11kms::api::grpc::pb::kms::{
 use p11kms::api::grpc::pb::operation::GetOperationRequest;
 use p11kms::api::grpc::pb::p11kms::v1::UndeleteKeyRequest;
 use p11kms::api::grpc::pb::yandex::cloud::access::{
-    AccessBinding, ListAccessBindingsRequest, SetAccessBindingsRequest, Subject,
-    UpdateAccessBindingsRequest,
+    AccessBinding, AccessBindingAction, AccessBindingDelta, ListAccessBindingsRequest,
+    SetAccessBindingsRequest, Subject, UpdateAccessBindingsRequest,
 };
 use p11kms::crypto::Algorithm;
 use std::collections::HashMap;
@@ -447,7 +447,10 @@ async fn config_keys_are_listed_and_read_only() {
         c.keys
             .update_access_bindings(UpdateAccessBindingsRequest {
                 resource_id: id.clone(),
-                access_binding_deltas: vec![],
+                access_binding_deltas: vec![AccessBindingDelta {
+                    action: AccessBindingAction::Add as i32,
+                    access_binding: Some(binding.clone()),
+                }],
             })
             .await,
         Code::FailedPrecondition,
@@ -467,29 +470,27 @@ async fn config_keys_are_listed_and_read_only() {
     c.sign_verified(&key).await.unwrap();
     assert_eq!(c.get(&id).await.unwrap(), key);
 
-    // API keys: bindings are not accepted until they are enforced.
+    // API keys take bindings (enforced: see tests/auth.rs), stored with the key.
     let api = c.create_key("f", Algorithm::EcdsaP256Sha256).await;
-    assert_status(
-        c.keys
-            .set_access_bindings(SetAccessBindingsRequest {
-                resource_id: api.id.clone(),
-                access_bindings: vec![binding],
-            })
-            .await,
-        Code::Unimplemented,
-        &["does not enforce"],
-    );
-    assert!(c
-        .keys
-        .list_access_bindings(ListAccessBindingsRequest {
+    c.keys
+        .set_access_bindings(SetAccessBindingsRequest {
             resource_id: api.id.clone(),
-            ..Default::default()
+            access_bindings: vec![binding.clone()],
         })
         .await
-        .unwrap()
-        .into_inner()
-        .access_bindings
-        .is_empty());
+        .unwrap();
+    assert_eq!(
+        c.keys
+            .list_access_bindings(ListAccessBindingsRequest {
+                resource_id: api.id.clone(),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .access_bindings,
+        [binding]
+    );
     assert_status(
         c.keys
             .get(GetAsymmetricSignatureKeyRequest {

@@ -18,6 +18,7 @@
 //! p11kms data objects (`objects.rs`). Every call that touches them runs through the same
 //! pool, gate and fault handling as signing.
 
+pub mod bench;
 mod error;
 mod inventory;
 mod mechanism;
@@ -277,11 +278,11 @@ impl Hsm {
         }
     }
 
-    /// Runs `op` on a pooled session of `epoch`, on a blocking thread, under the shared gate.
+    /// Runs `op` on a pooled session of `epoch`, on a session thread, under the shared gate.
     ///
-    /// Waiting for a session is bounded by the pool wait and by `deadline`; the blocking call
-    /// itself cannot be cancelled, so past `deadline` the caller gets `DeadlineExceeded` while
-    /// the session stays out of the pool until the call returns.
+    /// Waiting for a session is bounded by the pool wait and by `deadline`; the call itself
+    /// cannot be cancelled, so past `deadline` the caller gets `DeadlineExceeded` while the
+    /// session stays out of the pool until the call returns.
     async fn run<R, F>(
         &self,
         epoch: Arc<Epoch>,
@@ -292,11 +293,9 @@ impl Hsm {
         R: Send + 'static,
         F: FnOnce(&Session, &Epoch) -> Result<R, HsmError> + Send + 'static,
     {
-        let permit = self.shared.pool.acquire(deadline).await?;
         let shared = Arc::clone(&self.shared);
         let span = tracing::Span::current();
-        let task = tokio::task::spawn_blocking(move || {
-            let _permit = permit;
+        let work = move || {
             let _entered = span.enter();
             let _gate = read(&shared.gate);
             if !shared.is_current(&epoch) {
@@ -318,14 +317,8 @@ impl Hsm {
                 _ => shared.pool.checkin(epoch.generation, session),
             }
             result
-        });
-        let joined = match deadline {
-            Some(d) => tokio::time::timeout_at(d, task)
-                .await
-                .map_err(|_| HsmError::DeadlineExceeded)?,
-            None => task.await,
         };
-        joined.map_err(|e| HsmError::Worker(e.to_string()))?
+        self.shared.pool.execute(deadline, work).await?
     }
 
     /// Signs `digest` with the key's private key and returns the token's raw output: PSS bytes

@@ -40,6 +40,8 @@ use super::record::{AccessBindingRecord, Record};
 use super::refresh::{Rescan, MIN_FORCED_SPACING};
 use super::{ids, KeyEntry, KeyRegistry, KeySource, Status};
 use crate::api::grpc::pb::operation::Operation;
+use crate::auth::authz::Want;
+use crate::auth::{Action, Policy, RequestContext};
 use crate::config::ManagedKeysConfig;
 use crate::crypto::Algorithm;
 use crate::error::Error;
@@ -110,6 +112,7 @@ pub struct KeyChanges {
 #[derive(Debug)]
 pub struct KeyManager {
     registry: Arc<KeyRegistry>,
+    policy: Arc<Policy>,
     hsm: Hsm,
     settings: ManagedKeysConfig,
     generation: Arc<Semaphore>,
@@ -138,6 +141,30 @@ fn config_managed(key_id: &str) -> Error {
     Error::FailedPrecondition(format!(
         "key {key_id} is managed by the config file (a [[keys]] entry of the p11kms config); change it there, not through the API"
     ))
+}
+
+/// One change of `UpdateAccessBindings`; validated by the transport.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum BindingDelta {
+    /// Add the binding (if absent).
+    Add(AccessBindingRecord),
+    /// Remove the binding (if present).
+    Remove(AccessBindingRecord),
+}
+
+/// Bindings in their first-seen order, each once.
+fn dedup(bindings: Vec<AccessBindingRecord>) -> Vec<AccessBindingRecord> {
+    let mut out: Vec<AccessBindingRecord> = Vec::with_capacity(bindings.len());
+    for b in bindings {
+        if !out.contains(&b) {
+            out.push(b);
+        }
+    }
+    out
+}
+
+fn note_operation(ctx: &RequestContext, op: &Operation) {
+    ctx.note(|a| a.operation_id = Some(op.id.clone()));
 }
 
 /// Runs `work` as its own task, so that a client going away cannot stop it half-way; the caller
@@ -169,19 +196,21 @@ fn generation_error(algorithm: Algorithm, e: HsmError) -> Error {
 }
 
 impl KeyManager {
-    /// A manager of `registry`'s API keys on `hsm`; lookups in `registry` that miss now trigger
-    /// re-scans once [`KeyManager::spawn_background`] runs.
+    /// A manager of `registry`'s API keys on `hsm`, authorising with `policy`; lookups in
+    /// `registry` that miss now trigger re-scans once [`KeyManager::spawn_background`] runs.
     pub fn new(
         registry: Arc<KeyRegistry>,
         hsm: Hsm,
         settings: &ManagedKeysConfig,
         pool_size: usize,
+        policy: Arc<Policy>,
     ) -> Arc<Self> {
         let rescan = Arc::new(Rescan::new());
         registry.set_rescan(Arc::clone(&rescan));
         let budget = settings.generation_budget(pool_size);
         Arc::new(Self {
             registry,
+            policy,
             hsm,
             settings: settings.clone(),
             generation: Arc::new(Semaphore::new(budget)),
@@ -231,71 +260,139 @@ impl KeyManager {
     // Reads
     // ---------------------------------------------------------------------------------------
 
-    /// A visible key.
+    /// The key if the context's caller may do `action` with it; see [`crate::auth::authz`].
+    async fn authorized(
+        &self,
+        ctx: &RequestContext,
+        action: Action,
+        key_id: &str,
+        want: Want,
+        deadline: Option<Instant>,
+    ) -> Result<Arc<KeyEntry>, Error> {
+        ctx.note(|a| a.key_id = Some(crate::auth::audit::bounded(key_id)));
+        self.policy
+            .authorize_key(&self.registry, ctx, action, key_id, want, deadline)
+            .await
+    }
+
+    /// A visible key (`Get`).
     ///
     /// # Errors
-    /// NOT_FOUND.
+    /// UNAUTHENTICATED, PERMISSION_DENIED, NOT_FOUND.
     pub async fn get(
         &self,
+        ctx: &RequestContext,
         key_id: &str,
         deadline: Option<Instant>,
     ) -> Result<Arc<KeyEntry>, Error> {
-        self.registry
-            .lookup(key_id, deadline)
+        self.authorized(ctx, Action::Get, key_id, Want::Visible, deadline)
             .await
-            .ok_or_else(|| not_found(key_id))
     }
 
     /// Up to `limit` visible keys of a folder after key id `after`, and whether more follow.
+    /// A caller with a List role on the folder (or everywhere) sees every key; anyone else only
+    /// the keys whose own bindings let it list them.
+    ///
+    /// # Errors
+    /// UNAUTHENTICATED.
     pub fn list(
         &self,
+        ctx: &RequestContext,
         folder_id: &str,
         after: Option<&str>,
         limit: usize,
-    ) -> (Vec<Arc<KeyEntry>>, bool) {
-        self.registry.page(folder_id, after, limit)
+    ) -> Result<(Vec<Arc<KeyEntry>>, bool), Error> {
+        ctx.note(|a| a.folder_id = Some(crate::auth::audit::bounded(folder_id)));
+        let caller = ctx.caller()?;
+        if self
+            .policy
+            .allowed_in_folder(caller, Action::List, folder_id)
+        {
+            return Ok(self.registry.page(folder_id, after, limit));
+        }
+        Ok(self.registry.page_where(folder_id, after, limit, |key| {
+            self.policy
+                .allowed_by_key_bindings(caller, Action::List, key)
+        }))
     }
 
     /// A visible key's operations, newest first.
     ///
     /// # Errors
-    /// NOT_FOUND.
+    /// UNAUTHENTICATED, PERMISSION_DENIED, NOT_FOUND.
     pub async fn operations(
         &self,
+        ctx: &RequestContext,
         key_id: &str,
         deadline: Option<Instant>,
     ) -> Result<Vec<Operation>, Error> {
-        let entry = self.get(key_id, deadline).await?;
+        let entry = self
+            .authorized(ctx, Action::ListOperations, key_id, Want::Visible, deadline)
+            .await?;
         let mut ops = entry.operations.clone();
         ops.reverse();
         Ok(ops)
     }
 
-    /// Any operation of any key this gateway's token holds, deleted keys included.
+    /// Any operation of any key this gateway's token holds, deleted keys included, if the
+    /// caller may view that key. The same rules as for keys decide who may cause a re-scan and
+    /// who learns NOT_FOUND (see [`crate::auth::authz`]).
     ///
     /// # Errors
-    /// NOT_FOUND.
+    /// UNAUTHENTICATED, PERMISSION_DENIED, NOT_FOUND.
     pub async fn operation(
         &self,
+        ctx: &RequestContext,
         op_id: &str,
         deadline: Option<Instant>,
     ) -> Result<Operation, Error> {
-        self.registry
-            .lookup_operation(op_id, deadline)
-            .await
-            .ok_or_else(|| Error::NotFound(format!("operation {op_id} not found")))
+        let caller = ctx.caller()?;
+        let action = Action::GetOperation;
+        ctx.note(|a| a.operation_id = Some(crate::auth::audit::bounded(op_id)));
+        let mut found = self.registry.operation_entry(op_id);
+        if found.is_none() && self.policy.allowed_somewhere(caller, action) {
+            self.registry.rescan_once(deadline).await;
+            found = self.registry.operation_entry(op_id);
+        }
+        match found {
+            Some((op, key)) if self.policy.allowed_on_key(caller, action, &key) => {
+                ctx.note(|a| {
+                    a.key_id = Some(key.id.clone());
+                    a.folder_id = Some(key.folder_id.clone());
+                });
+                Ok(op)
+            }
+            None if self.policy.allowed_globally(caller, action) => {
+                Err(Error::NotFound(format!("operation {op_id} not found")))
+            }
+            _ => Err(Error::PermissionDenied(format!(
+                "permission denied: {} on this operation needs a role the caller does not have \
+                 on its key, or the operation does not exist",
+                action.name()
+            ))),
+        }
     }
 
-    /// A visible key's stored access bindings.
+    /// A visible key's stored access bindings (keys declared in the config have none of their
+    /// own: their roles come from the config's folder and global bindings).
     ///
     /// # Errors
-    /// NOT_FOUND.
+    /// UNAUTHENTICATED, PERMISSION_DENIED, NOT_FOUND.
     pub async fn access_bindings(
         &self,
+        ctx: &RequestContext,
         key_id: &str,
         deadline: Option<Instant>,
     ) -> Result<Vec<AccessBindingRecord>, Error> {
-        let entry = self.get(key_id, deadline).await?;
+        let entry = self
+            .authorized(
+                ctx,
+                Action::ListAccessBindings,
+                key_id,
+                Want::Visible,
+                deadline,
+            )
+            .await?;
         Ok(entry
             .record
             .as_ref()
@@ -303,16 +400,22 @@ impl KeyManager {
             .unwrap_or_default())
     }
 
-    /// Checks that a visible key may be changed through the API at all.
+    /// A visible key the caller may change with `action`, if it may be changed through the API
+    /// at all.
     ///
     /// # Errors
-    /// NOT_FOUND, or FAILED_PRECONDITION for config-declared keys.
+    /// UNAUTHENTICATED, PERMISSION_DENIED, NOT_FOUND, or FAILED_PRECONDITION for
+    /// config-declared keys.
     pub async fn check_changeable(
         &self,
+        ctx: &RequestContext,
+        action: Action,
         key_id: &str,
         deadline: Option<Instant>,
     ) -> Result<Arc<KeyEntry>, Error> {
-        let entry = self.get(key_id, deadline).await?;
+        let entry = self
+            .authorized(ctx, action, key_id, Want::Visible, deadline)
+            .await?;
         if entry.source == KeySource::Config {
             return Err(config_managed(key_id));
         }
@@ -323,17 +426,25 @@ impl KeyManager {
     // Writes
     // ---------------------------------------------------------------------------------------
 
-    /// Creates a key: generates its key pair on the token and stores its metadata there.
+    /// Creates a key: generates its key pair on the token and stores its metadata there. The
+    /// caller needs a role that allows Create on the folder.
     ///
     /// # Errors
-    /// RESOURCE_EXHAUSTED when the generation budget stays busy, FAILED_PRECONDITION when the
-    /// token cannot generate the algorithm, and HSM failures.
+    /// UNAUTHENTICATED, PERMISSION_DENIED, RESOURCE_EXHAUSTED when the generation budget stays
+    /// busy, FAILED_PRECONDITION when the token cannot generate the algorithm, and HSM failures.
     pub async fn create(
         self: &Arc<Self>,
+        ctx: &RequestContext,
         new: NewKey,
-        actor: String,
         deadline: Option<Instant>,
     ) -> Result<Operation, Error> {
+        ctx.note(|a| {
+            a.folder_id = Some(new.folder_id.clone());
+            a.algorithm = Some(new.algorithm.name());
+        });
+        self.policy
+            .authorize_folder(ctx, Action::Create, &new.folder_id)?;
+        let actor = ctx.actor();
         let wait = Instant::now() + GENERATION_WAIT;
         let limit = deadline.map_or(wait, |d| d.min(wait));
         let permit =
@@ -360,11 +471,13 @@ impl KeyManager {
                 }
             };
         let this = Arc::clone(self);
-        detached(deadline, async move {
+        let op = detached(deadline, async move {
             let _permit = permit;
             this.create_now(new, actor).await
         })
-        .await
+        .await?;
+        note_operation(ctx, &op);
+        Ok(op)
     }
 
     async fn create_now(&self, new: NewKey, actor: String) -> Result<Operation, Error> {
@@ -491,17 +604,21 @@ impl KeyManager {
     /// Changes a key's name, description, labels, status or deletion protection.
     ///
     /// # Errors
-    /// NOT_FOUND, FAILED_PRECONDITION (config keys), HSM failures.
+    /// UNAUTHENTICATED, PERMISSION_DENIED, NOT_FOUND, FAILED_PRECONDITION (config keys), HSM
+    /// failures.
     pub async fn update(
         self: &Arc<Self>,
+        ctx: &RequestContext,
         key_id: &str,
         changes: KeyChanges,
-        actor: String,
         deadline: Option<Instant>,
     ) -> Result<Operation, Error> {
-        let entry = self.check_changeable(key_id, deadline).await?;
+        let entry = self
+            .check_changeable(ctx, Action::Update, key_id, deadline)
+            .await?;
+        let actor = ctx.actor();
         let this = Arc::clone(self);
-        detached(deadline, async move {
+        let op = detached(deadline, async move {
             this.mutate(&entry, Kind::Update, &actor, move |r, _| {
                 if r.deleted_at.is_some() {
                     return Err(not_found(&r.key_id));
@@ -532,22 +649,28 @@ impl KeyManager {
             })
             .await
         })
-        .await
+        .await?;
+        note_operation(ctx, &op);
+        Ok(op)
     }
 
     /// Deletes a key: hidden at once, restorable until the retention window ends.
     ///
     /// # Errors
-    /// NOT_FOUND, FAILED_PRECONDITION (deletion protection, config keys), HSM failures.
+    /// UNAUTHENTICATED, PERMISSION_DENIED, NOT_FOUND, FAILED_PRECONDITION (deletion
+    /// protection, config keys), HSM failures.
     pub async fn delete(
         self: &Arc<Self>,
+        ctx: &RequestContext,
         key_id: &str,
-        actor: String,
         deadline: Option<Instant>,
     ) -> Result<Operation, Error> {
-        let entry = self.check_changeable(key_id, deadline).await?;
+        let entry = self
+            .check_changeable(ctx, Action::Delete, key_id, deadline)
+            .await?;
+        let actor = ctx.actor();
         let this = Arc::clone(self);
-        detached(deadline, async move {
+        let op = detached(deadline, async move {
             this.mutate(&entry, Kind::Delete, &actor, |r, now| {
                 if r.deleted_at.is_some() {
                     return Err(not_found(&r.key_id));
@@ -563,31 +686,33 @@ impl KeyManager {
             })
             .await
         })
-        .await
+        .await?;
+        note_operation(ctx, &op);
+        Ok(op)
     }
 
     /// Restores a deleted key within the retention window.
     ///
     /// # Errors
-    /// NOT_FOUND (unknown, or past the window), FAILED_PRECONDITION (not deleted, config keys).
+    /// UNAUTHENTICATED, PERMISSION_DENIED, NOT_FOUND (unknown, or past the window),
+    /// FAILED_PRECONDITION (not deleted, config keys).
     pub async fn undelete(
         self: &Arc<Self>,
+        ctx: &RequestContext,
         key_id: &str,
-        actor: String,
         deadline: Option<Instant>,
     ) -> Result<Operation, Error> {
         let entry = self
-            .registry
-            .lookup_any(key_id, deadline)
-            .await
-            .ok_or_else(|| not_found(key_id))?;
+            .authorized(ctx, Action::Undelete, key_id, Want::Any, deadline)
+            .await?;
         if entry.source == KeySource::Config {
             return Err(config_managed(key_id));
         }
+        let actor = ctx.actor();
         let retention = self.settings.deletion_retention();
         let hours = self.settings.deletion_retention_hours;
         let this = Arc::clone(self);
-        detached(deadline, async move {
+        let op = detached(deadline, async move {
             this.mutate(&entry, Kind::Undelete, &actor, move |r, now| {
                 let Some(deleted) = r.deleted_at else {
                     return Err(Error::FailedPrecondition(format!(
@@ -606,7 +731,84 @@ impl KeyManager {
             })
             .await
         })
-        .await
+        .await?;
+        note_operation(ctx, &op);
+        Ok(op)
+    }
+
+    /// Replaces a key's access bindings (kms.admin on the key). Keys declared in the config
+    /// take their roles from the config only.
+    ///
+    /// # Errors
+    /// UNAUTHENTICATED, PERMISSION_DENIED, NOT_FOUND, FAILED_PRECONDITION (config keys), HSM
+    /// failures.
+    pub async fn set_access_bindings(
+        self: &Arc<Self>,
+        ctx: &RequestContext,
+        key_id: &str,
+        bindings: Vec<AccessBindingRecord>,
+        deadline: Option<Instant>,
+    ) -> Result<Operation, Error> {
+        let entry = self
+            .check_changeable(ctx, Action::SetAccessBindings, key_id, deadline)
+            .await?;
+        let actor = ctx.actor();
+        let bindings = dedup(bindings);
+        let this = Arc::clone(self);
+        let op = detached(deadline, async move {
+            this.mutate(&entry, Kind::SetAccessBindings, &actor, move |r, _| {
+                if r.deleted_at.is_some() {
+                    return Err(not_found(&r.key_id));
+                }
+                r.access_bindings.clone_from(&bindings);
+                Ok(())
+            })
+            .await
+        })
+        .await?;
+        note_operation(ctx, &op);
+        Ok(op)
+    }
+
+    /// Adds and removes access bindings of a key (kms.admin on the key). Adding a binding that
+    /// exists and removing one that does not are no-ops.
+    ///
+    /// # Errors
+    /// As [`KeyManager::set_access_bindings`].
+    pub async fn update_access_bindings(
+        self: &Arc<Self>,
+        ctx: &RequestContext,
+        key_id: &str,
+        deltas: Vec<BindingDelta>,
+        deadline: Option<Instant>,
+    ) -> Result<Operation, Error> {
+        let entry = self
+            .check_changeable(ctx, Action::SetAccessBindings, key_id, deadline)
+            .await?;
+        let actor = ctx.actor();
+        let this = Arc::clone(self);
+        let op = detached(deadline, async move {
+            this.mutate(&entry, Kind::UpdateAccessBindings, &actor, move |r, _| {
+                if r.deleted_at.is_some() {
+                    return Err(not_found(&r.key_id));
+                }
+                for delta in &deltas {
+                    match delta {
+                        BindingDelta::Add(b) => {
+                            if !r.access_bindings.contains(b) {
+                                r.access_bindings.push(b.clone());
+                            }
+                        }
+                        BindingDelta::Remove(b) => r.access_bindings.retain(|x| x != b),
+                    }
+                }
+                Ok(())
+            })
+            .await
+        })
+        .await?;
+        note_operation(ctx, &op);
+        Ok(op)
     }
 
     /// Re-reads `entry`'s document from the token, applies `change`, records an operation of

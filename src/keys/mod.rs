@@ -18,7 +18,7 @@ pub mod ops;
 pub mod record;
 mod refresh;
 
-pub use manager::{KeyChanges, KeyManager, NewKey};
+pub use manager::{BindingDelta, KeyChanges, KeyManager, NewKey};
 
 use crate::api::grpc::pb::kms::{asymmetric_signature_key, AsymmetricSignatureKey};
 use crate::api::grpc::pb::operation::Operation;
@@ -285,18 +285,23 @@ impl KeyRegistry {
     }
 
     fn operation(&self, op_id: &str) -> Option<Operation> {
-        let inner = self.read();
-        let key_id = inner.ops.get(op_id)?;
-        inner
-            .by_id
-            .get(key_id)?
-            .operations
-            .iter()
-            .find(|op| op.id == op_id)
-            .cloned()
+        self.operation_entry(op_id).map(|(op, _)| op)
     }
 
-    async fn rescan_once(&self, deadline: Option<Instant>) {
+    /// The operation with `op_id` and the key it belongs to (deleted keys included), without a
+    /// re-scan.
+    pub fn operation_entry(&self, op_id: &str) -> Option<(Operation, Arc<KeyEntry>)> {
+        let inner = self.read();
+        let key_id = inner.ops.get(op_id)?;
+        let entry = inner.by_id.get(key_id)?;
+        let op = entry.operations.iter().find(|op| op.id == op_id)?.clone();
+        Some((op, Arc::clone(entry)))
+    }
+
+    /// Asks the refresher for one immediate re-scan of the token (shared with concurrent
+    /// requests, rate-limited) and waits for it, until `deadline` or a few seconds. Callers
+    /// decide who may cause one (see [`crate::auth::authz`]).
+    pub(crate) async fn rescan_once(&self, deadline: Option<Instant>) {
         if let Some(rescan) = self.rescan.get() {
             rescan.request_and_wait(deadline).await;
         }
@@ -339,6 +344,17 @@ impl KeyRegistry {
         after: Option<&str>,
         limit: usize,
     ) -> (Vec<Arc<KeyEntry>>, bool) {
+        self.page_where(folder_id, after, limit, |_| true)
+    }
+
+    /// Like [`KeyRegistry::page`], counting only the keys `keep` accepts.
+    pub fn page_where(
+        &self,
+        folder_id: &str,
+        after: Option<&str>,
+        limit: usize,
+        keep: impl Fn(&KeyEntry) -> bool,
+    ) -> (Vec<Arc<KeyEntry>>, bool) {
         use std::ops::Bound;
         let inner = self.read();
         let Some(ids) = inner.by_folder.get(folder_id) else {
@@ -348,7 +364,7 @@ impl KeyRegistry {
         let mut visible = ids
             .range::<String, _>((start, Bound::Unbounded))
             .filter_map(|id| inner.by_id.get(id))
-            .filter(|e| e.is_visible());
+            .filter(|e| e.is_visible() && keep(e));
         let page: Vec<_> = visible.by_ref().take(limit).cloned().collect();
         let more = visible.next().is_some();
         (page, more)

@@ -22,6 +22,13 @@ pub mod type_names {
         "yandex.cloud.kms.v1.asymmetricsignature.DeleteAsymmetricSignatureKeyMetadata";
     /// Undelete's metadata (p11kms's own API).
     pub const UNDELETE_METADATA: &str = "p11kms.v1.UndeleteKeyMetadata";
+    /// SetAccessBindings's metadata.
+    pub const SET_ACCESS_BINDINGS_METADATA: &str = "yandex.cloud.access.SetAccessBindingsMetadata";
+    /// UpdateAccessBindings's metadata.
+    pub const UPDATE_ACCESS_BINDINGS_METADATA: &str =
+        "yandex.cloud.access.UpdateAccessBindingsMetadata";
+    /// The response of the access-binding changes.
+    pub const EMPTY: &str = "google.protobuf.Empty";
 }
 
 /// The `Any` type URL of a message name.
@@ -48,6 +55,10 @@ pub enum Kind {
     Delete,
     /// `p11kms.v1.KeyAdminService.Undelete`.
     Undelete,
+    /// `AsymmetricSignatureKeyService.SetAccessBindings`.
+    SetAccessBindings,
+    /// `AsymmetricSignatureKeyService.UpdateAccessBindings`.
+    UpdateAccessBindings,
 }
 
 impl Kind {
@@ -57,6 +68,8 @@ impl Kind {
             Kind::Update => "Update asymmetric signature key",
             Kind::Delete => "Delete asymmetric signature key",
             Kind::Undelete => "Undelete asymmetric signature key",
+            Kind::SetAccessBindings => "Set access bindings of asymmetric signature key",
+            Kind::UpdateAccessBindings => "Update access bindings of asymmetric signature key",
         }
     }
 
@@ -66,18 +79,27 @@ impl Kind {
             Kind::Update => type_names::UPDATE_METADATA,
             Kind::Delete => type_names::DELETE_METADATA,
             Kind::Undelete => type_names::UNDELETE_METADATA,
+            Kind::SetAccessBindings => type_names::SET_ACCESS_BINDINGS_METADATA,
+            Kind::UpdateAccessBindings => type_names::UPDATE_ACCESS_BINDINGS_METADATA,
         }
+    }
+
+    /// Whether the operation's response is `google.protobuf.Empty` rather than the key.
+    fn responds_empty(self) -> bool {
+        matches!(self, Kind::SetAccessBindings | Kind::UpdateAccessBindings)
     }
 }
 
-/// Every `*Metadata` message of a key operation is `{ string key_id = 1; }`.
+/// Every `*Metadata` message of a key operation is `{ string key_id = 1; }` (the access-binding
+/// ones call it `resource_id`, with the same number).
 #[derive(Clone, PartialEq, prost::Message)]
 struct KeyIdMetadata {
     #[prost(string, tag = "1")]
     key_id: String,
 }
 
-/// A completed operation on `key_id` whose response is `key`.
+/// A completed operation on `key_id` whose response is `key` (or `Empty`, for access-binding
+/// changes, as Yandex answers them).
 pub fn completed(
     kind: Kind,
     key_id: &str,
@@ -98,7 +120,11 @@ pub fn completed(
                 key_id: key_id.to_string(),
             },
         )),
-        result: Some(operation::Result::Response(pack(type_names::KEY, key))),
+        result: Some(operation::Result::Response(if kind.responds_empty() {
+            pack(type_names::EMPTY, &())
+        } else {
+            pack(type_names::KEY, key)
+        })),
     }
 }
 

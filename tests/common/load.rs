@@ -34,7 +34,7 @@
 //! ```
 
 use super::verify::{self, ParsedKey};
-use super::{dev_key_id, Daemon, ServingStatus};
+use super::{dev_key_id, Bearer, Daemon, ServingStatus};
 use http::Uri;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
@@ -50,14 +50,17 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
+use tonic::service::interceptor::InterceptedService;
 use tonic::Code;
 use tonic_health::pb::health_client::HealthClient;
 use tonic_health::pb::HealthCheckRequest;
 
 /// A plain HTTP/2 connection (hyper's client, no tonic `Channel` layers).
 pub type RawConnection = Client<HttpConnector, tonic::body::Body>;
-/// The crypto service over a [`RawConnection`].
-pub type RawCryptoClient = AsymmetricSignatureCryptoServiceClient<RawConnection>;
+/// A [`RawConnection`] whose requests carry a bearer token.
+pub type AuthRawConnection = InterceptedService<RawConnection, Bearer>;
+/// The crypto service over a [`RawConnection`], with the daemon's admin token.
+pub type RawCryptoClient = AsymmetricSignatureCryptoServiceClient<AuthRawConnection>;
 /// `grpc.health.v1` over a [`RawConnection`].
 pub type RawHealthClient = HealthClient<RawConnection>;
 
@@ -75,9 +78,17 @@ fn origin(addr: SocketAddr) -> Uri {
     format!("http://{addr}").parse().expect("valid origin")
 }
 
-/// The crypto service on a new [`raw_connection`].
-pub fn raw_crypto_client(addr: SocketAddr) -> RawCryptoClient {
-    AsymmetricSignatureCryptoServiceClient::with_origin(raw_connection(), origin(addr))
+/// The crypto service on a new [`raw_connection`], sending the daemon's admin token.
+pub fn raw_crypto_client(daemon: &Daemon) -> RawCryptoClient {
+    raw_crypto_client_as(daemon.addr(), Some(daemon.admin_token()))
+}
+
+/// The crypto service on a new [`raw_connection`] to `addr`, sending `token` (or nothing).
+pub fn raw_crypto_client_as(addr: SocketAddr, token: Option<&str>) -> RawCryptoClient {
+    AsymmetricSignatureCryptoServiceClient::with_origin(
+        InterceptedService::new(raw_connection(), Bearer::from_option(token)),
+        origin(addr),
+    )
 }
 
 /// `grpc.health.v1` on a new [`raw_connection`].
@@ -259,7 +270,7 @@ impl Load {
             let shared = Arc::clone(&shared);
             let keys = Arc::clone(&keys);
             let cfg = cfg.clone();
-            let conn = raw_crypto_client(daemon.addr());
+            let conn = raw_crypto_client(daemon);
             tasks.spawn(run_client(client, conn, keys, cfg, shared));
         }
         Load {

@@ -27,6 +27,15 @@
 //! * **[`Launch`]**: the command builder behind both, for custom arguments and environment, and
 //!   [`Launch::run_to_exit`] for runs that must fail ([`Exited`]).
 //! * **[`Kms`]**: a thin gRPC client over the generated `AsymmetricSignatureCryptoService` client.
+//! * **Credentials.** Every daemon requires authentication. The template's dev run generated an
+//!   admin token (`<state>/admin.token`, global `kms.admin`) that every [`TestToken`] copy
+//!   shares; [`Daemon`] reads it when it starts and every client it builds ([`Daemon::kms`],
+//!   [`Daemon::client`], [`Daemon::auth_channel`], the load's raw clients) sends it through the
+//!   [`Bearer`] interceptor. [`Daemon::kms_as`] and [`Daemon::auth_channel_as`] build clients
+//!   with another token or none, for the auth tests.
+//! * [`tls`]: a test PKI (`rcgen`), `[server.tls]` tables, and a rustls client that shows
+//!   what the server presented; [`Daemon::wait_for_log`], [`Daemon::open_fds`] and
+//!   [`Daemon::rss_kib`] watch the process from outside.
 //! * [`verify`]: independent signature and SPKI checks; [`pkcs11`]: in-process cryptoki helpers
 //!   to create objects on a token copy; [`faultshim`]: run the daemon through the fault shim.
 //!
@@ -54,8 +63,10 @@
 #![allow(dead_code, unreachable_pub)]
 
 pub mod faultshim;
+pub mod jwt;
 pub mod load;
 pub mod pkcs11;
+pub mod tls;
 pub mod verify;
 
 use p11kms::api::grpc::pb::kms::asymmetric_signature_crypto_service_client::AsymmetricSignatureCryptoServiceClient;
@@ -74,6 +85,8 @@ use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tempfile::TempDir;
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 use tonic::{Code, Status};
 pub use tonic_health::pb::health_check_response::ServingStatus;
@@ -380,6 +393,16 @@ impl TestToken {
         read_trimmed(&self.state_dir().join("so.pin"))
     }
 
+    /// Where the dev admin token is (global `kms.admin` in the config).
+    pub fn admin_token_path(&self) -> PathBuf {
+        self.state_dir().join(ADMIN_TOKEN_FILE)
+    }
+
+    /// The dev admin token.
+    pub fn admin_token(&self) -> String {
+        read_trimmed(&self.admin_token_path())
+    }
+
     /// The token label.
     pub fn label(&self) -> &'static str {
         DEV_TOKEN_LABEL
@@ -608,6 +631,60 @@ impl TestToken {
         });
     }
 
+    /// Sets `[section] key = value` (any section, created if absent).
+    pub fn set_config(&self, section: &str, key: &str, value: impl Into<toml::Value>) {
+        self.set_in_section(section, key, value.into());
+    }
+
+    fn push_auth_entry(&self, array: &str, entry: toml::Table) {
+        self.edit_config(|t| {
+            t.entry("auth")
+                .or_insert_with(|| toml::Table::new().into())
+                .as_table_mut()
+                .expect("[auth] is a table")
+                .entry(array)
+                .or_insert_with(|| toml::Value::Array(Vec::new()))
+                .as_array_mut()
+                .unwrap_or_else(|| panic!("auth.{array} is an array"))
+                .push(entry.into());
+        });
+    }
+
+    /// Adds an `[[auth.tokens]]` entry: `secret` (stored as its SHA-256) authenticates as
+    /// `subject_id` of `subject_type`.
+    pub fn add_api_token(&self, secret: &str, subject_id: &str, subject_type: &str) {
+        use sha2::Digest as _;
+        let mut t = toml::Table::new();
+        t.insert(
+            "sha256".into(),
+            hex::encode(sha2::Sha256::digest(secret.as_bytes())).into(),
+        );
+        t.insert("subject_id".into(), subject_id.into());
+        t.insert("subject_type".into(), subject_type.into());
+        self.push_auth_entry("tokens", t);
+    }
+
+    /// Adds an `[[auth.bindings]]` entry (`folder_id = "*"` for every folder).
+    pub fn add_binding(&self, role: &str, subject_id: &str, subject_type: &str, folder_id: &str) {
+        let mut t = toml::Table::new();
+        t.insert("role".into(), role.into());
+        t.insert("subject_id".into(), subject_id.into());
+        t.insert("subject_type".into(), subject_type.into());
+        t.insert("folder_id".into(), folder_id.into());
+        self.push_auth_entry("bindings", t);
+    }
+
+    /// Sets the `[auth.jwt]` table.
+    pub fn set_jwt(&self, jwt: toml::Table) {
+        self.edit_config(|t| {
+            t.entry("auth")
+                .or_insert_with(|| toml::Table::new().into())
+                .as_table_mut()
+                .expect("[auth] is a table")
+                .insert("jwt".into(), jwt.into());
+        });
+    }
+
     /// Removes the `[[keys]]` entries whose id `keep` rejects.
     pub fn retain_keys(&self, keep: impl Fn(&str) -> bool) {
         self.edit_config(|t| {
@@ -667,6 +744,8 @@ fn read_trimmed(path: &Path) -> String {
 #[derive(Debug)]
 pub struct Launch {
     cmd: Command,
+    /// Where the daemon's admin token is, read once it is ready.
+    admin_token_file: Option<PathBuf>,
 }
 
 impl Launch {
@@ -689,22 +768,29 @@ impl Launch {
         // overrides it; an inherited `RUST_LOG` does not.
         let log = std::env::var_os("P11KMS_TEST_RUST_LOG").unwrap_or_else(|| "info".into());
         cmd.env("RUST_LOG", log);
-        Self { cmd }
+        Self {
+            cmd,
+            admin_token_file: None,
+        }
     }
 
     /// `p11kms serve --config <token's config>` with `SOFTHSM2_CONF` set to the token copy.
     pub fn serve(token: &TestToken) -> Self {
-        Self::new(["serve", "--config"])
+        let mut launch = Self::new(["serve", "--config"])
             .arg(token.config_path())
-            .envs(token.env())
+            .envs(token.env());
+        launch.admin_token_file = Some(token.admin_token_path());
+        launch
     }
 
     /// `p11kms dev --state-dir <dir> --listen 127.0.0.1:0 --module <softhsm>`.
     pub fn dev(state_dir: &Path) -> Self {
-        Self::new(["dev", "--listen", "127.0.0.1:0", "--state-dir"])
+        let mut launch = Self::new(["dev", "--listen", "127.0.0.1:0", "--state-dir"])
             .arg(state_dir)
             .arg("--module")
-            .arg(softhsm_module())
+            .arg(softhsm_module());
+        launch.admin_token_file = Some(state_dir.join(ADMIN_TOKEN_FILE));
+        launch
     }
 
     /// Adds an argument.
@@ -739,6 +825,7 @@ impl Launch {
     /// Spawns the process and waits for its ready line. Panics, with its output, if it exits
     /// first or stays silent past [`READY_TIMEOUT`].
     pub fn start(self) -> Daemon {
+        let admin_token_file = self.admin_token_file;
         let mut running = Running::spawn(self.cmd);
         let deadline = Instant::now() + READY_TIMEOUT;
         loop {
@@ -748,7 +835,16 @@ impl Launch {
                         let addr = addr.trim().parse().unwrap_or_else(|e| {
                             panic!("bad address in the ready line {line:?}: {e}")
                         });
-                        return Daemon { running, addr };
+                        // Dev mode writes its token before it serves: read it now.
+                        let admin_token = admin_token_file
+                            .as_deref()
+                            .and_then(|p| fs::read_to_string(p).ok())
+                            .map(|t| t.trim().to_string());
+                        return Daemon {
+                            running,
+                            addr,
+                            admin_token,
+                        };
                     }
                 }
                 Next::Eof => {
@@ -1041,10 +1137,54 @@ impl std::fmt::Display for Exited {
 pub struct Daemon {
     running: Running,
     addr: SocketAddr,
+    admin_token: Option<String>,
 }
 
-/// The generated gRPC client of the crypto service.
-pub type CryptoClient = AsymmetricSignatureCryptoServiceClient<Channel>;
+/// The file in a dev state directory that holds the admin token.
+pub const ADMIN_TOKEN_FILE: &str = "admin.token";
+
+/// Adds `authorization: Bearer <token>` to every request (nothing for `Bearer::none()`).
+#[derive(Clone, Debug)]
+pub struct Bearer(Option<MetadataValue<Ascii>>);
+
+impl Bearer {
+    /// Sends `token`.
+    pub fn token(token: &str) -> Self {
+        Self(Some(
+            format!("Bearer {token}")
+                .parse()
+                .expect("a token is header-safe"),
+        ))
+    }
+
+    /// Sends no credentials.
+    pub fn none() -> Self {
+        Self(None)
+    }
+
+    /// `Some(token)` → [`Bearer::token`], `None` → [`Bearer::none`].
+    pub fn from_option(token: Option<&str>) -> Self {
+        token.map_or_else(Self::none, Self::token)
+    }
+}
+
+impl tonic::service::Interceptor for Bearer {
+    fn call(&mut self, mut request: tonic::Request<()>) -> Result<tonic::Request<()>, Status> {
+        if let Some(value) = &self.0 {
+            request
+                .metadata_mut()
+                .insert("authorization", value.clone());
+        }
+        Ok(request)
+    }
+}
+
+/// A channel whose requests carry a [`Bearer`].
+pub type AuthChannel = InterceptedService<Channel, Bearer>;
+
+/// The generated gRPC client of the crypto service (sending the daemon's admin token, unless
+/// built with [`Daemon::kms_as`]).
+pub type CryptoClient = AsymmetricSignatureCryptoServiceClient<AuthChannel>;
 
 impl Daemon {
     /// `p11kms serve` on the token copy's config, with extra environment variables.
@@ -1086,15 +1226,39 @@ impl Daemon {
             .unwrap_or_else(|e| panic!("cannot connect to {}: {e}", self.addr))
     }
 
-    /// The generated crypto-service client on a new connection.
-    pub async fn client(&self) -> CryptoClient {
-        CryptoClient::new(self.channel().await)
+    /// The admin token (global `kms.admin`) the daemon was started with.
+    pub fn admin_token(&self) -> &str {
+        self.admin_token
+            .as_deref()
+            .expect("this daemon has no admin token (no <state>/admin.token)")
     }
 
-    /// A [`Kms`] client on a new connection.
+    /// A new connection whose requests carry the admin token.
+    pub async fn auth_channel(&self) -> AuthChannel {
+        InterceptedService::new(self.channel().await, Bearer::token(self.admin_token()))
+    }
+
+    /// A new connection whose requests carry `token` (or no credentials).
+    pub async fn auth_channel_as(&self, token: Option<&str>) -> AuthChannel {
+        InterceptedService::new(self.channel().await, Bearer::from_option(token))
+    }
+
+    /// The generated crypto-service client on a new connection, with the admin token.
+    pub async fn client(&self) -> CryptoClient {
+        CryptoClient::new(self.auth_channel().await)
+    }
+
+    /// A [`Kms`] client on a new connection, with the admin token.
     pub async fn kms(&self) -> Kms {
         Kms {
             client: self.client().await,
+        }
+    }
+
+    /// A [`Kms`] client on a new connection sending `token` (or no credentials).
+    pub async fn kms_as(&self, token: Option<&str>) -> Kms {
+        Kms {
+            client: CryptoClient::new(self.auth_channel_as(token).await),
         }
     }
 
@@ -1177,6 +1341,46 @@ impl Daemon {
             "the secret {secret:?} was printed\n{}",
             self.describe()
         );
+    }
+
+    /// How many lines of stderr (the log) contain `needle` so far.
+    pub fn stderr_count(&self, needle: &str) -> usize {
+        self.stderr().lines().filter(|l| l.contains(needle)).count()
+    }
+
+    /// Waits until at least `count` lines of the log contain `needle`, polling its file every
+    /// 20 ms; panics with the log after `timeout`. Returns how long it took.
+    pub async fn wait_for_log(&self, needle: &str, count: usize, timeout: Duration) -> Duration {
+        let start = Instant::now();
+        loop {
+            if self.stderr_count(needle) >= count {
+                return start.elapsed();
+            }
+            assert!(
+                start.elapsed() < timeout,
+                "the log did not show {needle:?} {count} time(s) within {timeout:?}\n{}",
+                self.describe()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// The daemon's open file descriptors (`/proc/<pid>/fd`).
+    pub fn open_fds(&self) -> usize {
+        fs::read_dir(format!("/proc/{}/fd", self.pid()))
+            .expect("read /proc/<pid>/fd")
+            .count()
+    }
+
+    /// The daemon's resident set size in KiB (`VmRSS` in `/proc/<pid>/status`).
+    pub fn rss_kib(&self) -> u64 {
+        let status = fs::read_to_string(format!("/proc/{}/status", self.pid()))
+            .expect("read /proc/<pid>/status");
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap_or_else(|| panic!("no VmRSS in /proc/<pid>/status:\n{status}"))
     }
 
     /// `grpc.health.v1.Health/Check` for `service` (`""` for the server as a whole).

@@ -7,6 +7,8 @@ Usage: sdk_keys.py ENDPOINT P11KMS_BINARY
 ENDPOINT is host:port of a plaintext gRPC listener (e.g. 127.0.0.1:50051).
 P11KMS_BINARY is the `p11kms` executable; its `keys undelete` restores keys
 (the admin API is p11kms's own, so the SDK has no stub for it).
+P11KMS_TOKEN (environment) is a bearer token with kms.admin on the folder the keys
+are created in.
 
 For each of the 13 algorithms:
   1. Create (deletion protection on) with AsymmetricSignatureKeyServiceStub and
@@ -21,7 +23,10 @@ then ListOperations shows the key's history, newest first.
 
 How the SDK is used. Clients come from
 `yandexcloud.SDK().client(Stub, endpoint=ENDPOINT, insecure=True)`: a bare
-grpc.insecure_channel, no authorization header, no contact with Yandex. The
+grpc.insecure_channel, no contact with Yandex, and no authorization header of
+the SDK's own: the script adds `authorization: Bearer $P11KMS_TOKEN` to every
+call on channels to ENDPOINT (p11kms_auth.py), and `p11kms keys` reads the same
+variable. The
 operation waiter is the SDK's own `wait_operation_and_get_result`, but it
 always asks the SDK for an OperationService client *without* an endpoint
 (yandexcloud/_operation_waiter.py: `sdk.client(OperationServiceStub,
@@ -47,6 +52,8 @@ import sys
 import time
 
 import grpc
+
+import p11kms_auth
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa, utils
@@ -79,10 +86,13 @@ def guard_network(endpoint):
 
     real_insecure = grpc.insecure_channel
 
+    bearer = p11kms_auth.token()
+
     def only_endpoint(target, *args, **kwargs):
         if target != endpoint:
             raise AssertionError(f"the SDK tried to open a channel to {target}")
-        return real_insecure(target, *args, **kwargs)
+        # p11kms authenticates every KMS call; the SDK's plaintext path sends no header.
+        return p11kms_auth.authorized(real_insecure(target, *args, **kwargs), bearer)
 
     grpc.secure_channel = refuse_secure
     grpc.insecure_channel = only_endpoint
@@ -200,7 +210,7 @@ def main(argv):
         assert resp.key_id == key_id
         verify(pem, algorithm, message, resp.signature)
 
-    print(f"yandexcloud {yandexcloud._channels.VERSION} -> {endpoint} (insecure, no auth)")
+    print(f"yandexcloud {yandexcloud._channels.VERSION} -> {endpoint} (insecure, bearer token from P11KMS_TOKEN)")
     failures = []
     for algorithm in ALGORITHMS:
         try:

@@ -7,6 +7,7 @@ Usage:
   sdk_sign.py ENDPOINT --key ID=ALGORITHM …  the given keys (e.g. a softhsm-setup token)
 
 ENDPOINT is host:port of a plaintext gRPC listener, e.g. 127.0.0.1:50051.
+P11KMS_TOKEN (environment) is a bearer token with the signer role on the keys.
 
 For every key: GetPublicKey (parsed with cryptography and checked against the
 algorithm's key type, size or curve), Sign over a message and SignHash over its
@@ -17,8 +18,10 @@ an unknown key (NOT_FOUND) and a digest one byte short (INVALID_ARGUMENT).
 
 The client comes from `yandexcloud.SDK().client(..., endpoint=ENDPOINT, insecure=True)`.
 In that mode the SDK opens a bare grpc.insecure_channel to ENDPOINT, sends no
-authorization header and never contacts Yandex; this script enforces that by
-refusing any other gRPC channel and any non-loopback socket for its lifetime.
+authorization header of its own and never contacts Yandex; this script enforces
+that by refusing any other gRPC channel and any non-loopback socket for its
+lifetime, and adds `authorization: Bearer $P11KMS_TOKEN` to every call on the
+channel (p11kms_auth.py): p11kms authenticates every KMS call.
 
 Prints one line per key and a summary; exits 1 on any failure, 2 on bad usage.
 """
@@ -31,6 +34,8 @@ import socket
 import sys
 
 import grpc
+
+import p11kms_auth
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa, utils
 from cryptography.exceptions import InvalidSignature
@@ -79,10 +84,13 @@ def guard_network(endpoint):
 
     real_insecure = grpc.insecure_channel
 
+    bearer = p11kms_auth.token()
+
     def only_endpoint(target, *args, **kwargs):
         if target != endpoint:
             raise AssertionError(f"the SDK tried to open a channel to {target}")
-        return real_insecure(target, *args, **kwargs)
+        # p11kms authenticates every KMS call; the SDK's plaintext path sends no header.
+        return p11kms_auth.authorized(real_insecure(target, *args, **kwargs), bearer)
 
     grpc.secure_channel = refuse_secure
     grpc.insecure_channel = only_endpoint
@@ -185,7 +193,7 @@ def main(argv):
 
     sdk = yandexcloud.SDK(user_agent="p11kms-interop")
     stub = sdk.client(AsymmetricSignatureCryptoServiceStub, endpoint=endpoint, insecure=True)
-    print(f"yandexcloud {yandexcloud._channels.VERSION} -> {endpoint} (insecure, no auth)")
+    print(f"yandexcloud {yandexcloud._channels.VERSION} -> {endpoint} (insecure, bearer token from P11KMS_TOKEN)")
 
     failures = []
     keys_ok = 0

@@ -5,7 +5,7 @@
 //! Include next to `mod common;`: `mod key_service_support;`.
 #![allow(dead_code, unreachable_pub)]
 
-use crate::common::{verify, Daemon, Kms, TestToken};
+use crate::common::{verify, AuthChannel, Daemon, Kms, TestToken};
 use p11kms::api::grpc::pb::kms::asymmetric_signature_key::Status as KeyStatus;
 use p11kms::api::grpc::pb::kms::asymmetric_signature_key_service_client::AsymmetricSignatureKeyServiceClient;
 use p11kms::api::grpc::pb::kms::{
@@ -21,7 +21,6 @@ use p11kms::api::grpc::pb::p11kms::v1::UndeleteKeyRequest;
 use p11kms::crypto::Algorithm;
 use prost::Message as _;
 use std::time::{Duration, Instant};
-use tonic::transport::Channel;
 use tonic::Status;
 
 /// `type.googleapis.com/` + name.
@@ -58,9 +57,9 @@ pub fn managed_token(settings: &[(&str, toml::Value)]) -> TestToken {
 /// Clients of every service on one connection.
 #[derive(Clone, Debug)]
 pub struct Clients {
-    pub keys: AsymmetricSignatureKeyServiceClient<Channel>,
-    pub ops: OperationServiceClient<Channel>,
-    pub admin: KeyAdminServiceClient<Channel>,
+    pub keys: AsymmetricSignatureKeyServiceClient<AuthChannel>,
+    pub ops: OperationServiceClient<AuthChannel>,
+    pub admin: KeyAdminServiceClient<AuthChannel>,
     pub kms: Kms,
 }
 
@@ -88,14 +87,19 @@ pub fn key_of(op: &Operation, meta: &str) -> AsymmetricSignatureKey {
 }
 
 impl Clients {
-    /// Connects to `daemon`.
+    /// Connects to `daemon` with its admin token.
     pub async fn connect(daemon: &Daemon) -> Self {
-        let channel = daemon.channel().await;
+        Self::connect_as(daemon, Some(daemon.admin_token())).await
+    }
+
+    /// Connects to `daemon` sending `token` (or no credentials).
+    pub async fn connect_as(daemon: &Daemon, token: Option<&str>) -> Self {
+        let channel = daemon.auth_channel_as(token).await;
         Self {
             keys: AsymmetricSignatureKeyServiceClient::new(channel.clone()),
             ops: OperationServiceClient::new(channel.clone()),
             admin: KeyAdminServiceClient::new(channel),
-            kms: daemon.kms().await,
+            kms: daemon.kms_as(token).await,
         }
     }
 

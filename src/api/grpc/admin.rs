@@ -4,7 +4,7 @@ use super::deadline;
 use super::pb::operation::Operation;
 use super::pb::p11kms::v1::key_admin_service_server::KeyAdminService;
 use super::pb::p11kms::v1::UndeleteKeyRequest;
-use crate::api::validate;
+use crate::api::{context, validate};
 use crate::keys::KeyManager;
 use std::sync::Arc;
 use tonic::{Request, Response, Status};
@@ -30,13 +30,11 @@ impl KeyAdminService for AdminService {
         request: Request<UndeleteKeyRequest>,
     ) -> Result<Response<Operation>, Status> {
         let deadline = deadline::of(&request);
+        let ctx = context::of(&request)?;
         let req = request.into_inner();
         tracing::Span::current().record("key_id", req.key_id.as_str());
         validate::key_id("key_id", &req.key_id)?;
-        let op = self
-            .manager
-            .undelete(&req.key_id, String::new(), deadline)
-            .await?;
+        let op = self.manager.undelete(&ctx, &req.key_id, deadline).await?;
         Ok(Response::new(op))
     }
 }

@@ -1,14 +1,19 @@
 //! `AsymmetricSignatureCryptoService`: Sign, SignHash, GetPublicKey.
+//!
+//! The `handle_*` methods are the transport-neutral handlers (validation, then the core); the
+//! tonic trait and the REST API (`crate::api::rest`) both call them.
 
-use super::deadline;
 use super::pb::kms::asymmetric_signature_crypto_service_server::AsymmetricSignatureCryptoService;
 use super::pb::kms::{
     AsymmetricGetPublicKeyRequest, AsymmetricGetPublicKeyResponse, AsymmetricSignHashRequest,
     AsymmetricSignHashResponse, AsymmetricSignRequest, AsymmetricSignResponse,
 };
 use crate::api::validate;
+use crate::auth::RequestContext;
+use crate::error::Error;
 use crate::signer::Signer;
 use std::sync::Arc;
+use tokio::time::Instant;
 use tonic::{Request, Response, Status};
 
 /// The crypto service over the shared [`Signer`].
@@ -22,63 +27,110 @@ impl CryptoService {
     pub fn new(signer: Arc<Signer>) -> Self {
         Self { signer }
     }
+
+    /// Notes the key for the span and the audit record, and checks its id.
+    fn key_id(ctx: &RequestContext, key_id: &str) -> Result<(), Error> {
+        tracing::Span::current().record("key_id", key_id);
+        ctx.note(|a| a.key_id = Some(crate::auth::audit::bounded(key_id)));
+        validate::key_id("key_id", key_id)
+    }
+
+    /// `Sign`, for every transport.
+    ///
+    /// # Errors
+    /// Validation, authorisation, key and HSM failures.
+    #[tracing::instrument(name = "Sign", skip_all, fields(key_id))]
+    pub async fn handle_sign(
+        &self,
+        ctx: &RequestContext,
+        req: AsymmetricSignRequest,
+        deadline: Option<Instant>,
+    ) -> Result<AsymmetricSignResponse, Error> {
+        Self::key_id(ctx, &req.key_id)?;
+        validate::message(&req.message)?;
+        let signature = self
+            .signer
+            .sign(ctx, &req.key_id, &req.message, deadline)
+            .await?;
+        Ok(AsymmetricSignResponse {
+            key_id: req.key_id,
+            signature,
+        })
+    }
+
+    /// `SignHash`, for every transport.
+    ///
+    /// # Errors
+    /// As [`CryptoService::handle_sign`], and a digest of the wrong length.
+    #[tracing::instrument(name = "SignHash", skip_all, fields(key_id))]
+    pub async fn handle_sign_hash(
+        &self,
+        ctx: &RequestContext,
+        req: AsymmetricSignHashRequest,
+        deadline: Option<Instant>,
+    ) -> Result<AsymmetricSignHashResponse, Error> {
+        Self::key_id(ctx, &req.key_id)?;
+        validate::hash(&req.hash)?;
+        let signature = self
+            .signer
+            .sign_hash(ctx, &req.key_id, &req.hash, deadline)
+            .await?;
+        Ok(AsymmetricSignHashResponse {
+            key_id: req.key_id,
+            signature,
+        })
+    }
+
+    /// `GetPublicKey`, for every transport.
+    ///
+    /// # Errors
+    /// Validation, authorisation and unknown keys.
+    #[tracing::instrument(name = "GetPublicKey", skip_all, fields(key_id))]
+    pub async fn handle_get_public_key(
+        &self,
+        ctx: &RequestContext,
+        req: AsymmetricGetPublicKeyRequest,
+        deadline: Option<Instant>,
+    ) -> Result<AsymmetricGetPublicKeyResponse, Error> {
+        Self::key_id(ctx, &req.key_id)?;
+        let public_key = self
+            .signer
+            .public_key_pem(ctx, &req.key_id, deadline)
+            .await?;
+        Ok(AsymmetricGetPublicKeyResponse {
+            key_id: req.key_id,
+            public_key,
+        })
+    }
 }
 
 #[tonic::async_trait]
 impl AsymmetricSignatureCryptoService for CryptoService {
-    #[tracing::instrument(name = "Sign", skip_all, fields(key_id))]
     async fn sign(
         &self,
         request: Request<AsymmetricSignRequest>,
     ) -> Result<Response<AsymmetricSignResponse>, Status> {
-        let deadline = deadline::of(&request);
-        let req = request.into_inner();
-        tracing::Span::current().record("key_id", req.key_id.as_str());
-        validate::key_id("key_id", &req.key_id)?;
-        validate::message(&req.message)?;
-        let signature = self
-            .signer
-            .sign(&req.key_id, &req.message, deadline)
-            .await?;
-        Ok(Response::new(AsymmetricSignResponse {
-            key_id: req.key_id,
-            signature,
-        }))
+        let (ctx, deadline, req) = super::parts(request)?;
+        Ok(Response::new(self.handle_sign(&ctx, req, deadline).await?))
     }
 
-    #[tracing::instrument(name = "SignHash", skip_all, fields(key_id))]
     async fn sign_hash(
         &self,
         request: Request<AsymmetricSignHashRequest>,
     ) -> Result<Response<AsymmetricSignHashResponse>, Status> {
-        let deadline = deadline::of(&request);
-        let req = request.into_inner();
-        tracing::Span::current().record("key_id", req.key_id.as_str());
-        validate::key_id("key_id", &req.key_id)?;
-        validate::hash(&req.hash)?;
-        let signature = self
-            .signer
-            .sign_hash(&req.key_id, &req.hash, deadline)
-            .await?;
-        Ok(Response::new(AsymmetricSignHashResponse {
-            key_id: req.key_id,
-            signature,
-        }))
+        let (ctx, deadline, req) = super::parts(request)?;
+        Ok(Response::new(
+            self.handle_sign_hash(&ctx, req, deadline).await?,
+        ))
     }
 
-    #[tracing::instrument(name = "GetPublicKey", skip_all, fields(key_id))]
     async fn get_public_key(
         &self,
         request: Request<AsymmetricGetPublicKeyRequest>,
     ) -> Result<Response<AsymmetricGetPublicKeyResponse>, Status> {
-        let deadline = deadline::of(&request);
-        let req = request.into_inner();
-        tracing::Span::current().record("key_id", req.key_id.as_str());
-        validate::key_id("key_id", &req.key_id)?;
-        let public_key = self.signer.public_key_pem(&req.key_id, deadline).await?;
-        Ok(Response::new(AsymmetricGetPublicKeyResponse {
-            key_id: req.key_id,
-            public_key,
-        }))
+        let (ctx, deadline, req) = super::parts(request)?;
+        Ok(Response::new(
+            self.handle_get_public_key(&ctx, req, deadline).await?,
+        ))
     }
 }

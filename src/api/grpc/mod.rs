@@ -1,18 +1,27 @@
 //! The gRPC services, built into one router over the shared core.
+//!
+//! Each service's `handle_*` methods are its transport-neutral handlers: they take the
+//! [`RequestContext`], the request message and the deadline, validate, call the core, and
+//! return the one [`crate::error::Error`]. The tonic trait methods only unwrap the request
+//! ([`parts`]) and call them; the REST API (`crate::api::rest`) calls the same methods.
 
 pub mod admin;
 pub mod crypto;
 pub mod deadline;
+pub mod endpoints;
 pub mod keys;
 pub mod operations;
 pub mod pb;
 
+use crate::api::context;
+use crate::auth::RequestContext;
 use crate::keys::KeyManager;
 use crate::signer::Signer;
 use pb::kms::asymmetric_signature_crypto_service_server::AsymmetricSignatureCryptoServiceServer;
 use pb::kms::asymmetric_signature_key_service_server::AsymmetricSignatureKeyServiceServer;
 use pb::operation::operation_service_server::OperationServiceServer;
 use pb::p11kms::v1::key_admin_service_server::KeyAdminServiceServer;
+use pb::yandex::cloud::endpoint::api_endpoint_service_server::ApiEndpointServiceServer;
 use std::sync::Arc;
 
 /// The crypto service's full name, as health checks name it.
@@ -23,10 +32,25 @@ pub const CRYPTO_SERVICE_NAME: &str =
 /// frame is refused from its length prefix, before its body is buffered.
 pub const MAX_REQUEST_BYTES: usize = 64 * 1024;
 
-/// Routes for every gRPC service, plus the health reporter to drive.
+/// What a `handle_*` method needs from a gRPC request: the context the request-context layer
+/// attached, the client's deadline (`grpc-timeout`) and the message.
+///
+/// # Errors
+/// UNAUTHENTICATED when the request did not pass the context layer (fail closed).
+pub(crate) fn parts<T>(
+    request: tonic::Request<T>,
+) -> Result<(RequestContext, Option<tokio::time::Instant>, T), tonic::Status> {
+    let deadline = deadline::of(&request);
+    let ctx = context::of(&request)?;
+    Ok((ctx, deadline, request.into_inner()))
+}
+
+/// Routes for every gRPC service, plus the health reporter to drive. `endpoints` is what
+/// endpoint discovery advertises.
 pub fn routes(
     signer: Arc<Signer>,
     manager: Arc<KeyManager>,
+    endpoints: endpoints::EndpointService,
 ) -> (axum::Router, tonic_health::server::HealthReporter) {
     let crypto = AsymmetricSignatureCryptoServiceServer::new(crypto::CryptoService::new(signer))
         .max_decoding_message_size(MAX_REQUEST_BYTES);
@@ -39,16 +63,25 @@ pub fn routes(
     let admin = KeyAdminServiceServer::new(admin::AdminService::new(manager))
         .max_decoding_message_size(MAX_REQUEST_BYTES);
     let (health_reporter, health) = tonic_health::server::health_reporter();
+    let endpoints =
+        ApiEndpointServiceServer::new(endpoints).max_decoding_message_size(MAX_REQUEST_BYTES);
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
         .build_v1()
+        .expect("the compiled descriptor set is valid");
+    // v1alpha as well: older grpcurl releases and many other tools only speak v1alpha.
+    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()
         .expect("the compiled descriptor set is valid");
     let router = tonic::service::Routes::new(crypto)
         .add_service(keys)
         .add_service(operations)
         .add_service(admin)
+        .add_service(endpoints)
         .add_service(health)
         .add_service(reflection)
+        .add_service(reflection_v1alpha)
         .into_axum_router();
     (router, health_reporter)
 }
