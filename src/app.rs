@@ -50,6 +50,20 @@ pub enum StartError {
     ManagedKeys(String),
 }
 
+impl StartError {
+    /// Whether only an operator can fix this: a wrong config, PIN, key map, certificate or
+    /// module. Starting again unchanged fails the same way, and with a wrong PIN it would use
+    /// up one of the token's PIN attempts each time. A token that is not there yet, an HSM
+    /// that does not answer, or a port still in use may well be gone on the next try.
+    pub fn needs_operator(&self) -> bool {
+        match self {
+            StartError::Hsm(e) => e.needs_operator(),
+            StartError::Keys(_) | StartError::Tls(_) | StartError::Identity(_) => true,
+            StartError::Bind { .. } | StartError::Task(_) | StartError::ManagedKeys(_) => false,
+        }
+    }
+}
+
 /// A built gateway, bound to its address and ready to run.
 pub struct App {
     listener: TcpListener,

@@ -733,6 +733,13 @@ fn read_pin(hsm: &HsmConfig, base: &Path) -> Result<SecretString, ConfigError> {
 
 fn check_pin_file_mode(path: &Path) -> Result<(), ConfigError> {
     use std::os::unix::fs::PermissionsExt;
+    // systemd's credentials directory is readable by this service alone, whatever mode bits
+    // (group-readable with an ACL, on some versions) the files in it show.
+    if let Some(credentials) = std::env::var_os("CREDENTIALS_DIRECTORY") {
+        if !credentials.is_empty() && path.starts_with(&credentials) {
+            return Ok(());
+        }
+    }
     let meta = std::fs::metadata(path)
         .map_err(|e| err(format!("hsm.pin_file: cannot read {}: {e}", path.display())))?;
     let mode = meta.permissions().mode() & 0o777;

@@ -8,6 +8,10 @@ use std::process::ExitCode;
 /// Blocking threads beyond the session pool: start-up, shutdown and key generation.
 const EXTRA_BLOCKING_THREADS: usize = 4;
 
+/// Exit status when only an operator can fix the start-up failure (sysexits' `EX_CONFIG`):
+/// a supervisor must not restart on it (`RestartPreventExitStatus=78` in deploy/p11kms.service).
+const EXIT_NEEDS_OPERATOR: u8 = 78;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     // A client of a running daemon: no HSM, no config.
@@ -30,7 +34,7 @@ fn main() -> ExitCode {
         Ok(mode) => mode,
         Err(e) => {
             eprintln!("p11kms: {e}");
-            return ExitCode::FAILURE;
+            return ExitCode::from(EXIT_NEEDS_OPERATOR);
         }
     };
     let (format, pool) = match &mode {
@@ -47,7 +51,14 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("p11kms: {e}");
-            ExitCode::FAILURE
+            let needs_operator = e
+                .downcast_ref::<p11kms::app::StartError>()
+                .is_some_and(p11kms::app::StartError::needs_operator);
+            if needs_operator {
+                ExitCode::from(EXIT_NEEDS_OPERATOR)
+            } else {
+                ExitCode::FAILURE
+            }
         }
     }
 }
@@ -88,6 +99,10 @@ async fn run(mode: Mode) -> Result<(), Box<dyn std::error::Error>> {
         }
     });
     // One line on stdout that scripts and tests wait for instead of sleeping.
+    if let Some(addr) = app.rest_addr() {
+        // Before the ready line, so that whoever waits for that line has this one too.
+        println!("p11kms REST listening on {addr}");
+    }
     println!("p11kms listening on {}", app.local_addr());
     app.run(shutdown_signal()).await;
     Ok(())

@@ -11,13 +11,31 @@ use std::os::unix::fs::PermissionsExt as _;
 
 const P256: Algorithm = Algorithm::EcdsaP256Sha256;
 
-/// Runs serve on the token's (edited) config with `env`; expects a failure whose stderr
-/// contains every needle, and checks the real PIN was not printed.
+/// Exit status of a start-up failure only an operator can fix (systemd must not restart).
+const NEEDS_OPERATOR: i32 = 78;
+/// Exit status of a start-up failure that may clear by itself (a token not present yet).
+const MAY_CLEAR: i32 = 1;
+
+/// Runs serve on the token's (edited) config with `env`; expects a failure that only an
+/// operator can fix, whose stderr contains every needle, and checks the real PIN was not
+/// printed.
 #[track_caller]
 fn refused(token: &TestToken, env: &[(&str, &str)], needles: &[&str]) -> common::Exited {
+    refused_with(token, env, needles, NEEDS_OPERATOR)
+}
+
+/// [`refused`] with the expected exit status.
+#[track_caller]
+fn refused_with(
+    token: &TestToken,
+    env: &[(&str, &str)],
+    needles: &[&str],
+    status: i32,
+) -> common::Exited {
     let exited = Daemon::serve_expecting_failure(token, env);
     exited
         .assert_failed()
+        .assert_exit_code(status)
         .assert_stderr_has(needles)
         .assert_never_printed(&token.user_pin());
     exited
@@ -211,10 +229,11 @@ async fn two_tokens_with_one_label_must_be_chosen_by_serial() {
         String::from_utf8_lossy(&out.stderr)
     );
 
-    refused(
+    refused_with(
         &token,
         &[],
         &["2 tokens match label \"p11kms-dev\"", "token_serial"],
+        MAY_CLEAR,
     );
 
     token.remove_hsm("token_label");
@@ -238,19 +257,21 @@ async fn two_tokens_with_one_label_must_be_chosen_by_serial() {
 fn an_unknown_token_label_or_serial_is_refused_with_the_tokens_present() {
     let token = TestToken::dev();
     token.set_hsm("token_label", "no-such-token");
-    refused(
+    refused_with(
         &token,
         &[],
         &["no token with label \"no-such-token\"", "p11kms-dev"],
+        MAY_CLEAR,
     );
 
     let token = TestToken::dev();
     token.remove_hsm("token_label");
     token.set_hsm("token_serial", "0000000000000000");
-    refused(
+    refused_with(
         &token,
         &[],
         &["no token with serial \"0000000000000000\"", "p11kms-dev"],
+        MAY_CLEAR,
     );
 }
 
@@ -262,6 +283,30 @@ fn a_group_readable_pin_file_is_refused_with_a_chmod_hint() {
         std::fs::set_permissions(&pin_file, std::fs::Permissions::from_mode(mode)).unwrap();
         refused(&token, &[], &["hsm.pin_file", "user.pin", "chmod 600"]);
     }
+}
+
+/// systemd's `LoadCredential=` directory is private to the service whatever its files' mode
+/// bits say, so a PIN file there is trusted; `CREDENTIALS_DIRECTORY` elsewhere changes nothing.
+#[tokio::test]
+async fn a_pin_file_in_the_systemd_credentials_directory_is_trusted() {
+    let token = TestToken::dev();
+    let pin_file = token.state_dir().join("user.pin");
+    std::fs::set_permissions(&pin_file, std::fs::Permissions::from_mode(0o440)).unwrap();
+    let other = tempfile::tempdir().unwrap();
+    let other = other.path().to_str().unwrap();
+    refused(
+        &token,
+        &[("CREDENTIALS_DIRECTORY", other)],
+        &["hsm.pin_file", "chmod 600"],
+    );
+
+    let state = token.state_dir().to_str().unwrap().to_owned();
+    let daemon = Daemon::serve(&token, &[("CREDENTIALS_DIRECTORY", &state)]);
+    let id = common::dev_key_id(P256);
+    let mut kms = daemon.kms().await;
+    let key = common::verify::parse_public_key(&kms.public_key(&id).await.unwrap(), P256).unwrap();
+    let sig = kms.sign(&id, b"credential").await.unwrap();
+    key.verify_message(P256, b"credential", &sig).unwrap();
 }
 
 #[test]
@@ -351,6 +396,7 @@ fn a_wrong_pin_fails_closed_without_retry_or_echo() {
         .run_to_exit();
     exited
         .assert_failed()
+        .assert_exit_code(NEEDS_OPERATOR)
         .assert_stderr_has(&["refused the user PIN", "will not be retried"])
         .assert_never_printed(WRONG)
         .assert_never_printed(&token.user_pin());
@@ -371,6 +417,7 @@ fn a_missing_config_file_or_module_is_named() {
         .arg(&missing)
         .run_to_exit()
         .assert_failed()
+        .assert_exit_code(NEEDS_OPERATOR)
         .assert_stderr_has(&["nope.toml"]);
 
     token.set_hsm("module", "/nonexistent/libpkcs11.so");

@@ -220,6 +220,12 @@ impl HsmError {
         }
     }
 
+    /// At start-up: whether only an operator can fix this (a wrong module path or PIN),
+    /// rather than a token that is absent or not answering yet.
+    pub fn needs_operator(&self) -> bool {
+        matches!(self, HsmError::Module { .. }) || self.class() == Some(ErrorClass::Credential)
+    }
+
     /// The class, where the error came from a PKCS#11 call.
     pub fn class(&self) -> Option<ErrorClass> {
         match self {

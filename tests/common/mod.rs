@@ -1099,6 +1099,13 @@ impl Exited {
         self
     }
 
+    /// Asserts the exit status.
+    #[track_caller]
+    pub fn assert_exit_code(&self, code: i32) -> &Self {
+        assert_eq!(self.status.code(), Some(code), "exit status\n{self}");
+        self
+    }
+
     /// Asserts that stderr contains every needle.
     #[track_caller]
     pub fn assert_stderr_has(&self, needles: &[&str]) -> &Self {
