@@ -163,6 +163,14 @@ fn dedup(bindings: Vec<AccessBindingRecord>) -> Vec<AccessBindingRecord> {
     out
 }
 
+/// Refuses a change to a deleted key: it is gone from the API until undeleted.
+fn live(r: &Record) -> Result<(), Error> {
+    match r.deleted_at {
+        Some(_) => Err(not_found(&r.key_id)),
+        None => Ok(()),
+    }
+}
+
 fn note_operation(ctx: &RequestContext, op: &Operation) {
     ctx.note(|a| a.operation_id = Some(op.id.clone()));
 }
@@ -616,42 +624,33 @@ impl KeyManager {
         let entry = self
             .check_changeable(ctx, Action::Update, key_id, deadline)
             .await?;
-        let actor = ctx.actor();
-        let this = Arc::clone(self);
-        let op = detached(deadline, async move {
-            this.mutate(&entry, Kind::Update, &actor, move |r, _| {
-                if r.deleted_at.is_some() {
-                    return Err(not_found(&r.key_id));
-                }
-                let KeyChanges {
-                    name,
-                    description,
-                    labels,
-                    status,
-                    deletion_protection,
-                } = changes.clone();
-                if let Some(v) = name {
-                    r.name = v;
-                }
-                if let Some(v) = description {
-                    r.description = v;
-                }
-                if let Some(v) = labels {
-                    r.labels = v;
-                }
-                if let Some(v) = status {
-                    r.status = v;
-                }
-                if let Some(v) = deletion_protection {
-                    r.deletion_protection = v;
-                }
-                Ok(())
-            })
-            .await
+        self.change(ctx, entry, Kind::Update, deadline, move |r, _| {
+            live(r)?;
+            let KeyChanges {
+                name,
+                description,
+                labels,
+                status,
+                deletion_protection,
+            } = changes.clone();
+            if let Some(v) = name {
+                r.name = v;
+            }
+            if let Some(v) = description {
+                r.description = v;
+            }
+            if let Some(v) = labels {
+                r.labels = v;
+            }
+            if let Some(v) = status {
+                r.status = v;
+            }
+            if let Some(v) = deletion_protection {
+                r.deletion_protection = v;
+            }
+            Ok(())
         })
-        .await?;
-        note_operation(ctx, &op);
-        Ok(op)
+        .await
     }
 
     /// Deletes a key: hidden at once, restorable until the retention window ends.
@@ -668,27 +667,18 @@ impl KeyManager {
         let entry = self
             .check_changeable(ctx, Action::Delete, key_id, deadline)
             .await?;
-        let actor = ctx.actor();
-        let this = Arc::clone(self);
-        let op = detached(deadline, async move {
-            this.mutate(&entry, Kind::Delete, &actor, |r, now| {
-                if r.deleted_at.is_some() {
-                    return Err(not_found(&r.key_id));
-                }
-                if r.deletion_protection {
-                    return Err(Error::FailedPrecondition(format!(
-                        "key {} has deletion protection; turn it off first (Update with update_mask \"deletion_protection\")",
-                        r.key_id
-                    )));
-                }
-                r.deleted_at = Some(now);
-                Ok(())
-            })
-            .await
+        self.change(ctx, entry, Kind::Delete, deadline, |r, now| {
+            live(r)?;
+            if r.deletion_protection {
+                return Err(Error::FailedPrecondition(format!(
+                    "key {} has deletion protection; turn it off first (Update with update_mask \"deletion_protection\")",
+                    r.key_id
+                )));
+            }
+            r.deleted_at = Some(now);
+            Ok(())
         })
-        .await?;
-        note_operation(ctx, &op);
-        Ok(op)
+        .await
     }
 
     /// Restores a deleted key within the retention window.
@@ -708,32 +698,25 @@ impl KeyManager {
         if entry.source == KeySource::Config {
             return Err(config_managed(key_id));
         }
-        let actor = ctx.actor();
         let retention = self.settings.deletion_retention();
         let hours = self.settings.deletion_retention_hours;
-        let this = Arc::clone(self);
-        let op = detached(deadline, async move {
-            this.mutate(&entry, Kind::Undelete, &actor, move |r, now| {
-                let Some(deleted) = r.deleted_at else {
-                    return Err(Error::FailedPrecondition(format!(
-                        "key {} is not deleted",
-                        r.key_id
-                    )));
-                };
-                if deleted + retention <= now {
-                    return Err(Error::NotFound(format!(
-                        "asymmetric signature key {} was deleted more than {hours} h ago; it cannot be restored",
-                        r.key_id
-                    )));
-                }
-                r.deleted_at = None;
-                Ok(())
-            })
-            .await
+        self.change(ctx, entry, Kind::Undelete, deadline, move |r, now| {
+            let Some(deleted) = r.deleted_at else {
+                return Err(Error::FailedPrecondition(format!(
+                    "key {} is not deleted",
+                    r.key_id
+                )));
+            };
+            if deleted + retention <= now {
+                return Err(Error::NotFound(format!(
+                    "asymmetric signature key {} was deleted more than {hours} h ago; it cannot be restored",
+                    r.key_id
+                )));
+            }
+            r.deleted_at = None;
+            Ok(())
         })
-        .await?;
-        note_operation(ctx, &op);
-        Ok(op)
+        .await
     }
 
     /// Replaces a key's access bindings (kms.admin on the key). Keys declared in the config
@@ -752,22 +735,19 @@ impl KeyManager {
         let entry = self
             .check_changeable(ctx, Action::SetAccessBindings, key_id, deadline)
             .await?;
-        let actor = ctx.actor();
         let bindings = dedup(bindings);
-        let this = Arc::clone(self);
-        let op = detached(deadline, async move {
-            this.mutate(&entry, Kind::SetAccessBindings, &actor, move |r, _| {
-                if r.deleted_at.is_some() {
-                    return Err(not_found(&r.key_id));
-                }
+        self.change(
+            ctx,
+            entry,
+            Kind::SetAccessBindings,
+            deadline,
+            move |r, _| {
+                live(r)?;
                 r.access_bindings.clone_from(&bindings);
                 Ok(())
-            })
-            .await
-        })
-        .await?;
-        note_operation(ctx, &op);
-        Ok(op)
+            },
+        )
+        .await
     }
 
     /// Adds and removes access bindings of a key (kms.admin on the key). Adding a binding that
@@ -785,13 +765,13 @@ impl KeyManager {
         let entry = self
             .check_changeable(ctx, Action::SetAccessBindings, key_id, deadline)
             .await?;
-        let actor = ctx.actor();
-        let this = Arc::clone(self);
-        let op = detached(deadline, async move {
-            this.mutate(&entry, Kind::UpdateAccessBindings, &actor, move |r, _| {
-                if r.deleted_at.is_some() {
-                    return Err(not_found(&r.key_id));
-                }
+        self.change(
+            ctx,
+            entry,
+            Kind::UpdateAccessBindings,
+            deadline,
+            move |r, _| {
+                live(r)?;
                 for delta in &deltas {
                     match delta {
                         BindingDelta::Add(b) => {
@@ -803,8 +783,26 @@ impl KeyManager {
                     }
                 }
                 Ok(())
-            })
-            .await
+            },
+        )
+        .await
+    }
+
+    /// Applies `change` to an authorised key's document ([`KeyManager::mutate`]) as a task of
+    /// its own, so that a client going away cannot stop it half-way, and notes the operation
+    /// for the audit record.
+    async fn change(
+        self: &Arc<Self>,
+        ctx: &RequestContext,
+        entry: Arc<KeyEntry>,
+        kind: Kind,
+        deadline: Option<Instant>,
+        change: impl Fn(&mut Record, SystemTime) -> Result<(), Error> + Send + Sync + 'static,
+    ) -> Result<Operation, Error> {
+        let actor = ctx.actor();
+        let this = Arc::clone(self);
+        let op = detached(deadline, async move {
+            this.mutate(&entry, kind, &actor, change).await
         })
         .await?;
         note_operation(ctx, &op);
