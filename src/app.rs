@@ -3,7 +3,7 @@
 
 use crate::api::grpc::endpoints::EndpointService;
 use crate::api::tls::ServerTls;
-use crate::api::{context, grpc, server};
+use crate::api::{context, grpc, rest, server};
 use crate::auth::Identity;
 use crate::config::Config;
 use crate::config::KeyConfig;
@@ -68,6 +68,8 @@ impl StartError {
 pub struct App {
     listener: TcpListener,
     router: axum::Router,
+    /// `server.rest_listen`: the REST API's own listener and router.
+    rest: Option<(TcpListener, axum::Router)>,
     hsm: Hsm,
     signer: Arc<Signer>,
     manager: Arc<KeyManager>,
@@ -197,17 +199,41 @@ impl App {
         let bound = listener
             .local_addr()
             .map_err(|source| StartError::Bind { addr, source })?;
+        let rest_listener = match config.server.rest_listen {
+            Some(addr) => Some(
+                TcpListener::bind(addr)
+                    .await
+                    .map_err(|source| StartError::Bind { addr, source })?,
+            ),
+            None => None,
+        };
         let advertised = advertised_address(config, bound);
-        let (router, health) = grpc::routes(
-            Arc::clone(&signer),
-            Arc::clone(&manager),
-            EndpointService::new(&advertised),
-        );
-        // Last: every route of the shared router (gRPC now, REST later) goes through it.
-        let router = context::apply(router, Arc::clone(&identity), hsm.token().serial);
+        let endpoints = EndpointService::new(&advertised);
+        let (grpc_router, health) =
+            grpc::routes(Arc::clone(&signer), Arc::clone(&manager), endpoints.clone());
+        let rest_router = rest::routes(Arc::clone(&signer), Arc::clone(&manager), endpoints);
+        // By content type on one listener, or one protocol per listener. The context layer
+        // goes last, around everything a listener serves.
+        let serial = hsm.token().serial;
+        let (router, rest) = match rest_listener {
+            None => (
+                rest::mux::by_content_type(Some(grpc_router), Some(rest_router)),
+                None,
+            ),
+            Some(rest_listener) => {
+                let rest = rest::mux::by_content_type(None, Some(rest_router));
+                let rest = context::apply(rest, Arc::clone(&identity), serial.clone());
+                (
+                    rest::mux::by_content_type(Some(grpc_router), None),
+                    Some((rest_listener, rest)),
+                )
+            }
+        };
+        let router = context::apply(router, Arc::clone(&identity), serial);
         Ok(Self {
             listener,
             router,
+            rest,
             hsm,
             signer,
             manager,
@@ -236,6 +262,11 @@ impl App {
             .expect("a bound TCP listener has an address")
     }
 
+    /// The REST listener's address, with `server.rest_listen`.
+    pub fn rest_addr(&self) -> Option<SocketAddr> {
+        self.rest.as_ref().and_then(|(l, _)| l.local_addr().ok())
+    }
+
     /// The signing core.
     pub fn signer(&self) -> &Arc<Signer> {
         &self.signer
@@ -250,6 +281,9 @@ impl App {
     /// and finalises the module once.
     pub async fn run(self, shutdown: impl Future<Output = ()>) {
         tracing::info!(addr = %self.local_addr(), "serving");
+        if let Some(addr) = self.rest_addr() {
+            tracing::info!(%addr, "serving the REST API on its own listener");
+        }
         let stop = CancellationToken::new();
         let background = self.hsm.spawn_background(stop.clone());
         let keys = self.manager.spawn_background(stop.clone());
@@ -261,7 +295,35 @@ impl App {
             .tls
             .as_ref()
             .map(|tls| tokio::spawn(Arc::clone(tls).watch(self.reload.subscribe(), stop.clone())));
-        server::serve(self.listener, self.router, self.limits, self.tls, shutdown).await;
+        // Both listeners stop on the same signal and drain side by side.
+        let stop_serving = CancellationToken::new();
+        let rest = self.rest.map(|(listener, router)| {
+            server::serve(
+                listener,
+                router,
+                self.limits.clone(),
+                self.tls.clone(),
+                stop_serving.clone().cancelled_owned(),
+            )
+        });
+        tokio::join!(
+            async {
+                shutdown.await;
+                stop_serving.cancel();
+            },
+            server::serve(
+                self.listener,
+                self.router,
+                self.limits,
+                self.tls,
+                stop_serving.clone().cancelled_owned(),
+            ),
+            async {
+                if let Some(rest) = rest {
+                    rest.await;
+                }
+            },
+        );
         stop.cancel();
         let _ = tokio::join!(background, health, keys, identity);
         // Records of requests cancelled during the drain were queued without waiting.

@@ -68,6 +68,9 @@ pub struct ServerConfig {
     /// `host:port` that endpoint discovery (`ApiEndpointService`) hands to clients: the name in
     /// the certificate. Default: the bound listen address.
     pub advertise_address: Option<String>,
+    /// A separate listener for the REST API; `listen` then serves gRPC only. Default: none,
+    /// REST and gRPC share `listen` (told apart by content type). Same TLS and limits.
+    pub rest_listen: Option<SocketAddr>,
     /// HTTP/2 streams one connection may have open at once.
     #[serde(default = "default_max_concurrent_streams")]
     pub max_concurrent_streams: u32,
@@ -108,6 +111,7 @@ impl Default for ServerConfig {
             listen: default_listen(),
             shutdown_grace_ms: default_shutdown_grace_ms(),
             advertise_address: None,
+            rest_listen: None,
             max_concurrent_streams: default_max_concurrent_streams(),
             max_header_list_size: default_max_header_list_size(),
             keepalive_interval_ms: default_keepalive_interval_ms(),
@@ -208,6 +212,21 @@ impl ServerConfig {
                  or listen on 127.0.0.1 or [::1]",
                 self.listen
             )));
+        }
+        if let Some(rest) = self.rest_listen {
+            if self.tls.is_none() && !rest.ip().is_loopback() {
+                return Err(err(format!(
+                    "server.rest_listen: {rest} is not a loopback address, and without \
+                     server.tls the REST listener would be plaintext; add a [server.tls] \
+                     section, or listen on 127.0.0.1 or [::1]"
+                )));
+            }
+            if rest == self.listen && rest.port() != 0 {
+                return Err(err(format!(
+                    "server.rest_listen: {rest} is also server.listen; leave rest_listen out to \
+                     serve REST and gRPC on one port, or pick another address"
+                )));
+            }
         }
         if let Some(address) = &self.advertise_address {
             let port = address

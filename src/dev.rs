@@ -292,7 +292,7 @@ pub fn banner(state: &DevState, addr: SocketAddr) -> String {
     let token = state.admin_token.expose_secret();
     let token_file = state.admin_token_path();
     let mut out = format!(
-        "\np11kms dev is serving the Yandex KMS API on {addr} (gRPC, plaintext, local only)\n\
+        "\np11kms dev is serving the Yandex KMS API on {addr} (gRPC and REST, plaintext, local only)\n\
          state: {}  (token {TOKEN_LABEL:?}; config {})\n\n\
          admin token (kms.admin on every folder; dev only): {token}\n  \
          saved in {}; send it as `authorization: Bearer <token>`\n\nkeys:\n",
@@ -309,6 +309,10 @@ pub fn banner(state: &DevState, addr: SocketAddr) -> String {
          grpcurl -plaintext -H \"authorization: Bearer $(cat {file})\" \\\n    \
          -d '{{\"key_id\":\"dev-ecdsa-nist-p256-sha-256\",\"message\":\"aGVsbG8=\"}}' \\\n    \
          {addr} yandex.cloud.kms.v1.asymmetricsignature.AsymmetricSignatureCryptoService/Sign\n\n\
+         or over REST:\n  \
+         curl -H \"Authorization: Bearer $(cat {file})\" -H 'Content-Type: application/json' \\\n    \
+         -d '{{\"message\":\"aGVsbG8=\"}}' \\\n    \
+         http://{addr}/kms/v1/asymmetricSignatureKeys/dev-ecdsa-nist-p256-sha-256:sign\n\n\
          or from Python (pip install yandexcloud):\n  \
          import grpc\n  \
          from yandex.cloud.kms.v1.asymmetricsignature import asymmetric_signature_crypto_service_pb2 as pb, asymmetric_signature_crypto_service_pb2_grpc as svc\n  \

@@ -2,15 +2,17 @@
 //!
 //! A `Sign` request travels one way through these layers:
 //!
-//! 1. [`api`]: the listener decodes the request (size-limited) and validates every field; no
-//!    HSM call happens for a request that fails validation.
+//! 1. [`api`]: the listener decodes the request (size-limited; gRPC or its REST/JSON form,
+//!    told apart by content type, both into the same request message) and validates every
+//!    field; no HSM call happens for a request that fails validation.
 //! 2. [`signer`]: looks the key up in [`keys`], checks its status, hashes the message in
 //!    software (or checks a given digest's exact length).
 //! 3. [`hsm`]: takes a session from the bounded pool and runs `C_SignInit`+`C_Sign` on a
 //!    blocking thread with `CKM_ECDSA` or `CKM_RSA_PKCS_PSS`. Every PKCS#11 call lives there.
 //! 4. [`crypto`]: converts ECDSA `r‖s` to DER and verifies the signature against the key's
 //!    public key before it may leave the process.
-//! 5. [`error`]: failures map to one gRPC status, in one place.
+//! 5. [`error`]: failures map to one gRPC status, in one place (REST answers with that code
+//!    and the HTTP status of Yandex's table).
 //!
 //! `GetPublicKey` never touches the HSM: it is served from the SPKI read when the key was
 //! resolved. [`app`] wires everything together; [`dev`] provisions a local SoftHSM token.

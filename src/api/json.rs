@@ -1,20 +1,84 @@
-//! Canonical proto3 JSON for the key service's messages (lowerCamelCase names, enums by name,
-//! RFC 3339 timestamps, `Any` as the embedded message plus `@type`), as
-//! `google.protobuf.json_format` writes them. Used by the `keys` CLI's `--json` output.
+//! Canonical proto3 JSON for every message the API returns (lowerCamelCase names, enums by
+//! name, bytes as standard padded base64, RFC 3339 timestamps, `Any` as the embedded message
+//! plus `@type`), as `google.protobuf.json_format` writes them. The REST API answers with it,
+//! and the `keys` CLI's `--json` output uses it.
 //!
 //! Fields with default values are written too (proto3 JSON's "emit defaults" form), so that a
 //! key's `deletionProtection: false` or empty `labels` are visible rather than implied.
 
 use crate::api::grpc::pb::google::rpc;
 use crate::api::grpc::pb::kms::{
-    asymmetric_signature_key, AsymmetricSignatureAlgorithm, AsymmetricSignatureKey,
-    ListAsymmetricSignatureKeysResponse,
+    asymmetric_signature_key, AsymmetricGetPublicKeyResponse, AsymmetricSignHashResponse,
+    AsymmetricSignResponse, AsymmetricSignatureAlgorithm, AsymmetricSignatureKey,
+    ListAsymmetricSignatureKeyOperationsResponse, ListAsymmetricSignatureKeysResponse,
 };
 use crate::api::grpc::pb::operation::{operation, Operation};
+use crate::api::grpc::pb::yandex::cloud::access::{
+    ListAccessBindingsResponse, SetAccessBindingsMetadata,
+};
+use crate::api::grpc::pb::yandex::cloud::endpoint::{ApiEndpoint, ListApiEndpointsResponse};
 use crate::keys::ops::type_names;
 use base64::Engine as _;
 use prost::Message as _;
 use serde_json::{json, Map, Value};
+
+/// `bytes`: standard base64 with padding.
+pub fn bytes(b: &[u8]) -> Value {
+    Value::String(base64::engine::general_purpose::STANDARD.encode(b))
+}
+
+/// An `AsymmetricSignResponse`.
+pub fn sign_response(r: &AsymmetricSignResponse) -> Value {
+    json!({ "keyId": r.key_id, "signature": bytes(&r.signature) })
+}
+
+/// An `AsymmetricSignHashResponse`.
+pub fn sign_hash_response(r: &AsymmetricSignHashResponse) -> Value {
+    json!({ "keyId": r.key_id, "signature": bytes(&r.signature) })
+}
+
+/// An `AsymmetricGetPublicKeyResponse`.
+pub fn public_key_response(r: &AsymmetricGetPublicKeyResponse) -> Value {
+    json!({ "keyId": r.key_id, "publicKey": r.public_key })
+}
+
+/// A `ListAsymmetricSignatureKeyOperationsResponse`.
+pub fn operation_list(list: &ListAsymmetricSignatureKeyOperationsResponse) -> Value {
+    json!({
+        "operations": list.operations.iter().map(operation).collect::<Vec<_>>(),
+        "nextPageToken": list.next_page_token,
+    })
+}
+
+/// A `yandex.cloud.access.ListAccessBindingsResponse`.
+pub fn access_binding_list(list: &ListAccessBindingsResponse) -> Value {
+    let bindings: Vec<Value> = list
+        .access_bindings
+        .iter()
+        .map(|b| {
+            let mut out = Map::new();
+            out.insert("roleId".into(), json!(b.role_id));
+            if let Some(s) = &b.subject {
+                out.insert("subject".into(), json!({ "id": s.id, "type": s.r#type }));
+            }
+            Value::Object(out)
+        })
+        .collect();
+    json!({ "accessBindings": bindings, "nextPageToken": list.next_page_token })
+}
+
+/// A `yandex.cloud.endpoint.ApiEndpoint`.
+pub fn endpoint(e: &ApiEndpoint) -> Value {
+    json!({ "id": e.id, "address": e.address })
+}
+
+/// A `yandex.cloud.endpoint.ListApiEndpointsResponse`.
+pub fn endpoint_list(list: &ListApiEndpointsResponse) -> Value {
+    json!({
+        "endpoints": list.endpoints.iter().map(endpoint).collect::<Vec<_>>(),
+        "nextPageToken": list.next_page_token,
+    })
+}
 
 /// A timestamp as RFC 3339 text.
 pub fn timestamp(ts: Option<&prost_types::Timestamp>) -> Value {
@@ -58,7 +122,7 @@ pub fn key_list(list: &ListAsymmetricSignatureKeysResponse) -> Value {
     })
 }
 
-/// An `Any`: the known key-service messages are expanded, others kept as base64.
+/// An `Any`: the messages the API packs are expanded, others kept as base64.
 pub fn any(a: &prost_types::Any) -> Value {
     let name = a.type_url.rsplit('/').next().unwrap_or_default();
     let mut out = match name {
@@ -76,9 +140,14 @@ pub fn any(a: &prost_types::Any) -> Value {
             .map(|m| json!({ "keyId": m.key_id }))
             .unwrap_or(Value::Null)
         }
-        _ => json!({
-            "value": base64::engine::general_purpose::STANDARD.encode(&a.value)
-        }),
+        type_names::SET_ACCESS_BINDINGS_METADATA | type_names::UPDATE_ACCESS_BINDINGS_METADATA => {
+            // Both are `{ string resource_id = 1; }`.
+            SetAccessBindingsMetadata::decode(a.value.as_slice())
+                .map(|m| json!({ "resourceId": m.resource_id }))
+                .unwrap_or(Value::Null)
+        }
+        type_names::EMPTY => json!({}),
+        _ => json!({ "value": bytes(&a.value) }),
     };
     if let Value::Object(map) = &mut out {
         let mut with_type = Map::new();
@@ -167,5 +236,39 @@ mod tests {
         assert_eq!(v["metadata"]["keyId"], "k1");
         assert_eq!(v["response"]["id"], "k1");
         assert_eq!(v["done"], true);
+    }
+
+    #[test]
+    fn access_binding_operations_expand_metadata_and_empty() {
+        use crate::keys::ops::{pack, type_names};
+        let meta = pack(
+            type_names::UPDATE_ACCESS_BINDINGS_METADATA,
+            &SetAccessBindingsMetadata {
+                resource_id: "k1".into(),
+            },
+        );
+        assert_eq!(
+            any(&meta),
+            json!({
+                "@type": "type.googleapis.com/yandex.cloud.access.UpdateAccessBindingsMetadata",
+                "resourceId": "k1",
+            })
+        );
+        assert_eq!(
+            any(&pack(type_names::EMPTY, &())),
+            json!({ "@type": "type.googleapis.com/google.protobuf.Empty" })
+        );
+    }
+
+    #[test]
+    fn bytes_are_standard_padded_base64() {
+        let r = AsymmetricSignResponse {
+            key_id: "k".into(),
+            signature: vec![0xfb, 0xff, 0xbf, 0x01],
+        };
+        assert_eq!(
+            sign_response(&r),
+            json!({ "keyId": "k", "signature": "+/+/AQ==" })
+        );
     }
 }

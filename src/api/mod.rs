@@ -6,6 +6,7 @@ pub mod grpc;
 pub mod json;
 pub mod key_fields;
 pub mod peer;
+pub mod rest;
 pub mod server;
 pub mod tls;
 pub mod validate;

@@ -418,7 +418,9 @@ impl AsymmetricSignatureKeyService for KeyService {
         request: Request<CreateAsymmetricSignatureKeyRequest>,
     ) -> Result<Response<Operation>, Status> {
         let (ctx, deadline, req) = super::parts(request)?;
-        Ok(Response::new(self.handle_create(&ctx, req, deadline).await?))
+        Ok(Response::new(
+            self.handle_create(&ctx, req, deadline).await?,
+        ))
     }
 
     async fn get(
@@ -442,7 +444,9 @@ impl AsymmetricSignatureKeyService for KeyService {
         request: Request<UpdateAsymmetricSignatureKeyRequest>,
     ) -> Result<Response<Operation>, Status> {
         let (ctx, deadline, req) = super::parts(request)?;
-        Ok(Response::new(self.handle_update(&ctx, req, deadline).await?))
+        Ok(Response::new(
+            self.handle_update(&ctx, req, deadline).await?,
+        ))
     }
 
     async fn delete(
@@ -450,7 +454,9 @@ impl AsymmetricSignatureKeyService for KeyService {
         request: Request<DeleteAsymmetricSignatureKeyRequest>,
     ) -> Result<Response<Operation>, Status> {
         let (ctx, deadline, req) = super::parts(request)?;
-        Ok(Response::new(self.handle_delete(&ctx, req, deadline).await?))
+        Ok(Response::new(
+            self.handle_delete(&ctx, req, deadline).await?,
+        ))
     }
 
     async fn list_operations(

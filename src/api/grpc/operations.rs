@@ -85,6 +85,8 @@ impl OperationService for OperationsService {
         request: Request<CancelOperationRequest>,
     ) -> Result<Response<Operation>, Status> {
         let (ctx, deadline, req) = super::parts(request)?;
-        Ok(Response::new(self.handle_cancel(&ctx, req, deadline).await?))
+        Ok(Response::new(
+            self.handle_cancel(&ctx, req, deadline).await?,
+        ))
     }
 }
