@@ -261,7 +261,7 @@ async fn malformed_requests_get_precise_4xx_and_the_daemon_stays_healthy() {
         Case::new("encoded traversal", Method::GET, "/kms/v1/asymmetricSignatureKeys/..%2F..%2Fetc%2Fpasswd/publicKey")
             .expect(NF, &["../../etc/passwd", "not found"]),
         Case::new("NUL and newline in a key id", Method::GET, "/kms/v1/asymmetricSignatureKeys/a%00b%0Ac/publicKey")
-            .expect(NF, &["not found"]),
+            .expect(IA, &["key_id has a control character (U+0000) at character 2"]),
         Case::new("not UTF-8 in a key id", Method::GET, "/kms/v1/asymmetricSignatureKeys/%FF%FE/publicKey")
             .expect(IA, &["key_id in the URL path", "UTF-8"]),
         Case::new("operation id too long", Method::GET, format!("/operations/{}", "o".repeat(51)))

@@ -51,7 +51,8 @@ pub fn required(field: &str, value: &str, max: usize) -> Result<(), Error> {
     if value.is_empty() {
         return Err(Error::InvalidArgument(format!("{field} is required")));
     }
-    too_long(field, value, max)
+    too_long(field, value, max)?;
+    super::validate::printable_id(field, value)
 }
 
 /// `folder_id`: required, at most 50 characters.

@@ -25,7 +25,23 @@ pub fn key_id(field: &str, value: &str) -> Result<(), Error> {
             "{field} is {len} characters long; the limit is {MAX_KEY_ID_LEN}"
         )));
     }
-    Ok(())
+    printable_id(field, value)
+}
+
+/// An id (of a key, folder or operation) has no control characters: no real id has one, and
+/// refused here none can reach a log line or an error message.
+///
+/// # Errors
+/// INVALID_ARGUMENT naming the field and the character.
+pub fn printable_id(field: &str, value: &str) -> Result<(), Error> {
+    match value.chars().enumerate().find(|(_, c)| c.is_control()) {
+        Some((at, c)) => Err(Error::InvalidArgument(format!(
+            "{field} has a control character (U+{:04X}) at character {}; ids are printable text",
+            u32::from(c),
+            at + 1
+        ))),
+        None => Ok(()),
+    }
 }
 
 /// `message`: required, at most 32768 bytes.
@@ -77,6 +93,15 @@ mod tests {
         assert!(key_id("key_id", &"k".repeat(51)).is_err());
         // 50 two-byte characters are 100 bytes but still 50 characters.
         assert!(key_id("key_id", &"я".repeat(50)).is_ok());
+    }
+
+    #[test]
+    fn key_ids_with_control_characters_are_refused() {
+        for bad in ["a\nb", "\r", "k\u{1b}[31m", "tab\there", "nul\0"] {
+            let e = key_id("key_id", bad).unwrap_err().to_string();
+            assert!(e.contains("control character"), "{bad:?}: {e}");
+        }
+        assert!(key_id("key_id", "printable key-id_1.2 ÿ").is_ok());
     }
 
     #[test]
