@@ -9,6 +9,8 @@
 //!   normalisation);
 //! * `verify_after_sign`: verifying a signature against the key's public key before it may
 //!   leave the process, for all 13 algorithms (RSA: always on; ECDSA: `signing.verify_ecdsa`);
+//! * `verify_rustcrypto`: the same NIST-curve verifications with the curve crates' own
+//!   (constant-time, table-less) verifier, which p11kms replaced; the baseline for the above;
 //! * `status_mapping`: an error to its gRPC status, including the HSM-error mapping.
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
@@ -203,6 +205,33 @@ fn verify_after_sign(c: &mut Criterion) {
     group.finish();
 }
 
+/// The NIST curves through `p256`/`p384`/`p521`'s own `verify_prehash`: what p11kms used
+/// before `crypto::ecdsa_verify`, kept as the baseline for `verify_after_sign`.
+fn verify_rustcrypto(c: &mut Criterion) {
+    use signature::hazmat::PrehashVerifier as _;
+    let mut group = c.benchmark_group("verify_rustcrypto");
+    group.measurement_time(Duration::from_secs(3));
+    let digest = [0x5a; 64];
+    macro_rules! curve {
+        ($name:literal, $krate:ident, $len:expr) => {{
+            let key = $krate::ecdsa::SigningKey::random(&mut OsRng);
+            let sig: $krate::ecdsa::Signature = key.sign_prehash(&digest[..$len]).unwrap();
+            let verifying = $krate::ecdsa::VerifyingKey::from(&key);
+            group.bench_function($name, |b| {
+                b.iter(|| {
+                    verifying
+                        .verify_prehash(black_box(&digest[..$len]), black_box(&sig))
+                        .unwrap()
+                })
+            });
+        }};
+    }
+    curve!("ECDSA_NIST_P256_SHA_256", p256, 32);
+    curve!("ECDSA_NIST_P384_SHA_384", p384, 48);
+    curve!("ECDSA_NIST_P521_SHA_512", p521, 64);
+    group.finish();
+}
+
 fn status_mapping(c: &mut Criterion) {
     let mut group = c.benchmark_group("status_mapping");
     group.bench_function("InvalidArgument", |b| {
@@ -248,6 +277,7 @@ criterion_group!(
     hash,
     ecdsa_der,
     verify_after_sign,
+    verify_rustcrypto,
     status_mapping
 );
 criterion_main!(benches);

@@ -2,6 +2,7 @@
 
 pub mod algorithm;
 pub mod ecdsa_der;
+mod ecdsa_verify;
 pub mod public_key;
 
 pub use algorithm::{Algorithm, Curve, HashAlg, KeyKind};
