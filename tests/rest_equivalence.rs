@@ -234,7 +234,10 @@ async fn client_errors_and_results_are_the_same_over_rest_and_grpc() {
         InvalidArgument,
         g.keys.update(update(&[], 0)).await,
         &rest
-            .patch(&key_path(&protected, ""), &json!({ "name": "x" }))
+            .patch(
+                &key_path(&protected, ""),
+                &json!({ "updateMask": "", "name": "x" }),
+            )
             .await,
         Same,
     );

@@ -505,3 +505,57 @@ async fn rest_authenticates_and_authorises_like_grpc() {
         assert!(!text.contains(secret), "a token is in the audit trail");
     }
 }
+
+/// Contract §3: a PATCH without `updateMask` overwrites every field, and a field left out of
+/// the body is reset to its default; an empty mask is refused, as over gRPC.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_patch_without_a_mask_overwrites_every_field() {
+    let token = TestToken::dev();
+    let daemon = Daemon::serve(&token, &[]);
+    let rest = Rest::new(&daemon);
+    let created = rest
+        .post(
+            KEYS,
+            &json!({
+                "folderId": "f-mask",
+                "name": "before",
+                "description": "to be reset",
+                "labels": { "team": "kms" },
+                "signatureAlgorithm": "ECDSA_NIST_P256_SHA_256",
+                "deletionProtection": true,
+            }),
+        )
+        .await
+        .ok();
+    let id = created["response"]["id"].as_str().unwrap().to_string();
+
+    // The status is part of "every field": without it, it would be reset to STATUS_UNSPECIFIED.
+    rest.patch(&key_path(&id, ""), &json!({ "name": "after" }))
+        .await
+        .error(Code::InvalidArgument, &["status"]);
+    rest.patch(
+        &key_path(&id, ""),
+        &json!({ "updateMask": "", "status": "ACTIVE" }),
+    )
+    .await
+    .error(Code::InvalidArgument, &["update_mask is required"]);
+
+    let updated = rest
+        .patch(
+            &key_path(&id, ""),
+            &json!({ "name": "after", "status": "INACTIVE" }),
+        )
+        .await
+        .ok();
+    let key = &updated["response"];
+    assert_eq!(key["name"], "after", "{key}");
+    assert_eq!(key["status"], "INACTIVE", "{key}");
+    // Left out of the body, so reset to their defaults.
+    assert_eq!(key["description"], "", "{key}");
+    assert_eq!(key["labels"], json!({}), "{key}");
+    assert_eq!(key["deletionProtection"], false, "{key}");
+    // Get answers the same key (without the Any's `@type`).
+    let mut stored = key.clone();
+    stored.as_object_mut().unwrap().remove("@type");
+    assert_eq!(rest.get(&key_path(&id, "")).await.ok(), stored);
+}

@@ -38,7 +38,7 @@ impl KeyService {
 }
 
 /// The update mask paths Update accepts.
-const MASK_PATHS: &[&str] = &[
+pub(crate) const MASK_PATHS: &[&str] = &[
     "name",
     "description",
     "labels",

@@ -144,9 +144,18 @@ pub struct UpdateKey {
 impl UpdateKey {
     /// The request for the key in the path.
     pub fn into_request(self, key_id: String) -> UpdateAsymmetricSignatureKeyRequest {
+        // Contract §3: a REST update without a mask overwrites every field, and a field left
+        // out of the body is reset to its default. (`"updateMask": ""` is an empty mask:
+        // INVALID_ARGUMENT, as over gRPC.)
+        let update_mask = self.update_mask.unwrap_or_else(|| prost_types::FieldMask {
+            paths: crate::api::grpc::keys::MASK_PATHS
+                .iter()
+                .map(|p| (*p).to_string())
+                .collect(),
+        });
         UpdateAsymmetricSignatureKeyRequest {
             key_id,
-            update_mask: self.update_mask,
+            update_mask: Some(update_mask),
             name: self.name,
             description: self.description,
             status: self.status,
