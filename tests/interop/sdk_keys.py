@@ -44,16 +44,14 @@ Prints one line per algorithm with its create time, and a summary; exits 1 on
 any failure, 2 on bad usage.
 """
 
-import ipaddress
 import json
-import socket
 import subprocess
 import sys
 import time
 
 import grpc
 
-import p11kms_auth
+import sdk_guard
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa, utils
@@ -76,41 +74,6 @@ ALGORITHMS = {
 HASHES = {"sha256": hashes.SHA256, "sha384": hashes.SHA384, "sha512": hashes.SHA512}
 TIMEOUT = 120  # seconds per call; RSA-4096 generation on a loaded machine
 FOLDER = "sdk-interop"
-
-
-def guard_network(endpoint):
-    """Only plaintext channels to ENDPOINT, only loopback sockets."""
-
-    def refuse_secure(target, *args, **kwargs):
-        raise AssertionError(f"the SDK tried to open a TLS channel to {target}")
-
-    real_insecure = grpc.insecure_channel
-
-    bearer = p11kms_auth.token()
-
-    def only_endpoint(target, *args, **kwargs):
-        if target != endpoint:
-            raise AssertionError(f"the SDK tried to open a channel to {target}")
-        # p11kms authenticates every KMS call; the SDK's plaintext path sends no header.
-        return p11kms_auth.authorized(real_insecure(target, *args, **kwargs), bearer)
-
-    grpc.secure_channel = refuse_secure
-    grpc.insecure_channel = only_endpoint
-
-    real_connect = socket.socket.connect
-
-    def loopback_only(sock, address):
-        host = address[0] if isinstance(address, tuple) else None
-        if host is not None:
-            try:
-                loopback = ipaddress.ip_address(host.split("%")[0]).is_loopback
-            except ValueError:
-                loopback = host == "localhost"
-            if not loopback:
-                raise AssertionError(f"a socket tried to connect to {address}")
-        return real_connect(sock, address)
-
-    socket.socket.connect = loopback_only
 
 
 class CountingInterceptor(grpc.UnaryUnaryClientInterceptor):
@@ -158,7 +121,7 @@ def main(argv):
         print(__doc__.strip().splitlines()[3], file=sys.stderr)
         return 2
     endpoint, p11kms = argv[1], argv[2]
-    guard_network(endpoint)
+    sdk_guard.plaintext_to(endpoint)
 
     import yandexcloud
     from google.protobuf.field_mask_pb2 import FieldMask

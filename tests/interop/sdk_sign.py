@@ -28,14 +28,12 @@ Prints one line per key and a summary; exits 1 on any failure, 2 on bad usage.
 
 import base64
 import hashlib
-import ipaddress
 import os
-import socket
 import sys
 
 import grpc
 
-import p11kms_auth
+import sdk_guard
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa, utils
 from cryptography.exceptions import InvalidSignature
@@ -69,46 +67,6 @@ TIMEOUT = 60  # seconds, per call
 def dev_key_id(algorithm):
     """`p11kms dev` key ids: dev- plus the enum name, lower case, _ as -."""
     return "dev-" + algorithm.lower().replace("_", "-")
-
-
-def guard_network(endpoint):
-    """Fail loudly if anything tries to reach past the endpoint under test.
-
-    gRPC channels are created in C-core, so they are guarded where the SDK
-    creates them; plain Python sockets (the SDK's metadata-service and IAM
-    helpers use `requests`) are limited to loopback.
-    """
-
-    def refuse_secure(target, *args, **kwargs):
-        raise AssertionError(f"the SDK tried to open a TLS channel to {target}")
-
-    real_insecure = grpc.insecure_channel
-
-    bearer = p11kms_auth.token()
-
-    def only_endpoint(target, *args, **kwargs):
-        if target != endpoint:
-            raise AssertionError(f"the SDK tried to open a channel to {target}")
-        # p11kms authenticates every KMS call; the SDK's plaintext path sends no header.
-        return p11kms_auth.authorized(real_insecure(target, *args, **kwargs), bearer)
-
-    grpc.secure_channel = refuse_secure
-    grpc.insecure_channel = only_endpoint
-
-    real_connect = socket.socket.connect
-
-    def loopback_only(sock, address):
-        host = address[0] if isinstance(address, tuple) else None
-        if host is not None:
-            try:
-                loopback = ipaddress.ip_address(host.split("%")[0]).is_loopback
-            except ValueError:
-                loopback = host == "localhost"
-            if not loopback:
-                raise AssertionError(f"a socket tried to connect to {address}")
-        return real_connect(sock, address)
-
-    socket.socket.connect = loopback_only
 
 
 def parse_args(argv):
@@ -180,7 +138,7 @@ def verify(key, algorithm, signature, data, prehashed):
 
 def main(argv):
     endpoint, keys = parse_args(argv)
-    guard_network(endpoint)
+    sdk_guard.plaintext_to(endpoint)
 
     # Imported after the guard so that nothing the SDK does at import time escapes it.
     import yandexcloud

@@ -27,12 +27,10 @@ fails the run. Prints the discovered endpoints and a summary; exits 1 on
 failure, 2 on bad usage.
 """
 
-import ipaddress
 import os
-import socket
 import sys
 
-import grpc
+import sdk_guard
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa, utils
 
@@ -42,39 +40,6 @@ KEYS = {
     "ECDSA_NIST_P256_SHA_256": "ecdsa",
     "RSA_2048_SIGN_PSS_SHA_256": "rsa",
 }
-
-
-def guard_network(endpoint, opened):
-    """TLS channels to ENDPOINT only; loopback sockets only."""
-
-    def refuse_insecure(target, *args, **kwargs):
-        raise AssertionError(f"the SDK opened a plaintext channel to {target}")
-
-    real_secure = grpc.secure_channel
-
-    def only_endpoint(target, credentials, *args, **kwargs):
-        if target != endpoint:
-            raise AssertionError(f"the SDK opened a channel to {target}, not {endpoint}")
-        opened.append(target)
-        return real_secure(target, credentials, *args, **kwargs)
-
-    grpc.insecure_channel = refuse_insecure
-    grpc.secure_channel = only_endpoint
-
-    real_connect = socket.socket.connect
-
-    def loopback_only(sock, address):
-        host = address[0] if isinstance(address, tuple) else None
-        if host is not None:
-            try:
-                loopback = ipaddress.ip_address(host.split("%")[0]).is_loopback
-            except ValueError:
-                loopback = host == "localhost"
-            if not loopback:
-                raise AssertionError(f"a socket tried to connect to {address}")
-        return real_connect(sock, address)
-
-    socket.socket.connect = loopback_only
 
 
 def verify(pem, kind, message, signature):
@@ -106,7 +71,7 @@ def main(argv):
     with open(ca_file, "rb") as f:
         ca = f.read()
     opened = []
-    guard_network(endpoint, opened)
+    sdk_guard.tls_to(endpoint, opened)
 
     import yandexcloud
     from yandex.cloud.kms.v1.asymmetricsignature import asymmetric_signature_crypto_service_pb2 as cpb
