@@ -10,7 +10,7 @@ mod rest_support;
 use common::{dev_key_id, Daemon, ServingStatus, TestToken};
 use p11kms::crypto::Algorithm;
 use reqwest::Method;
-use rest_support::{key_path, Rest};
+use rest_support::{key_path, Http, Rest};
 use std::net::SocketAddr;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpStream;
@@ -312,7 +312,8 @@ async fn malformed_requests_get_precise_4xx_and_the_daemon_stays_healthy() {
     // A huge body without Content-Length (chunked) is cut off at the limit.
     let mut chunked = format!(
         "POST {sign} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\n\
-         Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n",
+         Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\
+         Connection: close\r\n\r\n",
         daemon.admin_token()
     )
     .into_bytes();
@@ -370,5 +371,108 @@ async fn malformed_requests_get_precise_4xx_and_the_daemon_stays_healthy() {
         daemon.open_fds() <= fds_before + 8,
         "file descriptors grew from {fds_before} to {}",
         daemon.open_fds()
+    );
+}
+
+/// A request refused before its body was read (too large, unauthenticated, unrouted, wrong
+/// method) must still reach the client as that precise error. HTTP/1.1 clients write the whole
+/// body before they read, so a server that closes with the body unread resets the connection
+/// and the client sees "connection reset" or "broken pipe" instead of the answer. Every
+/// refusal here is repeated on one pooled client and on fresh connections, and the pooled
+/// connection must stay usable afterwards.
+#[tokio::test(flavor = "multi_thread")]
+async fn requests_refused_before_their_body_is_read_still_get_the_answer() {
+    const ROUNDS: usize = 40;
+    let token = TestToken::dev();
+    let daemon = Daemon::serve(&token, &[]);
+    let key = dev_key_id(Algorithm::EcdsaP256Sha256);
+    let sign = key_path(&key, ":sign");
+    let body = |bytes: usize| format!(r#"{{"message":"{}"}}"#, "A".repeat(bytes)).into_bytes();
+    let pooled = Rest::new(&daemon);
+    let anonymous = pooled.with_token(None);
+
+    let refused =
+        |name, method, path: &str, bytes| Case::new(name, method, path).json().body(body(bytes));
+    let cases: Vec<(&Rest, Case, u16)> = vec![
+        (
+            &pooled,
+            refused("1 MiB over the limit", Method::POST, &sign, 1 << 20)
+                .expect(Code::OutOfRange, &[]),
+            400,
+        ),
+        (
+            &pooled,
+            refused("4 MiB over the limit", Method::POST, &sign, 4 << 20)
+                .expect(Code::OutOfRange, &[]),
+            400,
+        ),
+        (
+            &anonymous,
+            refused("no credentials", Method::POST, &sign, 512 << 10)
+                .expect(Code::Unauthenticated, &[]),
+            401,
+        ),
+        (
+            &pooled,
+            refused(
+                "unknown verb",
+                Method::POST,
+                &key_path(&key, ":frobnicate"),
+                512 << 10,
+            )
+            .expect(Code::NotFound, &[]),
+            404,
+        ),
+        (
+            &pooled,
+            refused("wrong method", Method::PUT, &sign, 512 << 10).expect(Code::Unimplemented, &[]),
+            405,
+        ),
+    ];
+    for (rest, c, status) in &cases {
+        for round in 0..ROUNDS {
+            let fresh = Rest::plain(daemon.addr(), Http::One, rest.token.as_deref());
+            for client in [*rest, &fresh] {
+                let r = client
+                    .try_send(c.method.clone(), &c.path, &c.headers, c.body.clone())
+                    .await
+                    .unwrap_or_else(|e| panic!("{}, round {round}: no answer: {e:?}", c.name));
+                r.error_with_status(c.code, *status, &c.needles);
+            }
+        }
+    }
+
+    // A body declared beyond what is worth draining is not waited for: the answer comes and
+    // the connection closes at once, though the client never sends the body.
+    let started = std::time::Instant::now();
+    let (status, answer) = raw(
+        daemon.addr(),
+        format!(
+            "POST {sign} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\n\
+             Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{{\"message\":\"",
+            daemon.admin_token(),
+            p11kms::api::linger::MAX_DRAIN_BYTES + 1
+        )
+        .as_bytes(),
+    )
+    .await;
+    assert_eq!(status, 400, "{answer}");
+    assert!(answer.contains("\"code\":11"), "{answer}");
+    assert!(
+        started.elapsed() < p11kms::api::linger::MAX_DRAIN_TIME / 2,
+        "the connection lingered {:?} for a body it would never finish",
+        started.elapsed()
+    );
+
+    // The pooled connection was kept alive through all of that, and still signs.
+    let sig = pooled
+        .sign(&key, b"after the refusals")
+        .await
+        .expect("signing after the refusals");
+    assert!(!sig.is_empty());
+    assert!(
+        !daemon.stderr().contains("panicked"),
+        "{}",
+        daemon.describe()
     );
 }

@@ -5,6 +5,7 @@ pub mod context;
 pub mod grpc;
 pub mod json;
 pub mod key_fields;
+pub mod linger;
 pub mod peer;
 pub mod rest;
 pub mod server;

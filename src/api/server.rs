@@ -36,6 +36,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tower::ServiceExt as _;
 
+use super::linger::LingeringBody;
 use super::peer::Peer;
 use super::tls::{self, ServerTls};
 use crate::config::{ServerConfig, DEFAULT_HANDSHAKE_TIMEOUT_MS};
@@ -264,7 +265,8 @@ where
         started: Arc::clone(&started),
     };
     let service = TowerToHyperService::new(shared.router.clone().map_request(
-        move |mut request: http::Request<hyper::body::Incoming>| {
+        move |request: http::Request<hyper::body::Incoming>| {
+            let mut request = LingeringBody::wrap(request);
             request.extensions_mut().insert(peer.clone());
             request
         },
