@@ -333,10 +333,13 @@ async fn refused_requests_never_reach_the_hsm() {
             .expect("GetPublicKey");
     }
 
-    // A final good signature is the barrier: once the stats show its C_SignInit, they show
-    // every call made before it.
+    // A final good signature is the barrier: once the stats show its last call (the second
+    // C_Sign: size query, then data), they show every call made before it. Its C_SignInit
+    // alone is not enough: a snapshot can fall between the barrier's calls.
     assert_signs(&mut kms, &id, P256, b"barrier").await;
-    let after = shim.wait_stat("calls.C_SignInit", sign_inits + 1).await;
+    shim.wait_stat("calls.C_Sign", before["calls.C_Sign"] + 2)
+        .await;
+    let after = shim.settled_stats().await;
     assert_eq!(
         after["calls.C_SignInit"],
         sign_inits + 1,
