@@ -440,3 +440,50 @@ async fn a_client_that_ignores_keepalive_pings_is_disconnected() {
         "the silent peer was kept {lived:?}"
     );
 }
+
+/// A connection we close waits for the client to close its side, reading and discarding what
+/// it still sends, instead of closing the socket at once: a socket closed with client bytes
+/// unread answers them with a TCP reset, and clients that are still writing (a TLS
+/// close_notify, the rest of a body, a GOAWAY) then report "broken pipe" instead of the
+/// answer they were sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_closed_connection_waits_for_the_client_instead_of_resetting_it() {
+    let token = TestToken::dev();
+    let daemon = Daemon::serve(&token, &[]);
+    let mut stream = TcpStream::connect(daemon.addr()).await.unwrap();
+    stream
+        .write_all(
+            format!(
+                "GET /endpoints HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\n\
+                 Connection: close\r\n\r\n",
+                daemon.admin_token()
+            )
+            .as_bytes(),
+        )
+        .await
+        .unwrap();
+    // The whole answer, up to the server's end of file: it has shut down its side.
+    let mut answer = Vec::new();
+    stream.read_to_end(&mut answer).await.unwrap();
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+
+    // Still writing after that is harmless: the server reads on until we close. (Had it
+    // closed its socket, the first write would draw a reset over loopback at once and the
+    // second fail with a broken pipe.)
+    for round in 0..3 {
+        stream
+            .write_all(&[b'x'; 16 * 1024])
+            .await
+            .unwrap_or_else(|e| panic!("write {round} after the server's close: {e}"));
+        stream.flush().await.unwrap();
+        tokio::task::yield_now().await;
+    }
+    stream.shutdown().await.unwrap();
+    let mut rest = Vec::new();
+    let eof = stream.read_to_end(&mut rest).await;
+    assert!(
+        matches!(eof, Ok(0)),
+        "after our close the server closes cleanly: {eof:?}"
+    );
+}

@@ -1,30 +1,43 @@
-//! Lingering on request bodies that were refused unread.
+//! Lingering, so that a client gets the answer we sent before the connection went away.
 //!
-//! Over HTTP/1.1 a client writes its whole request body before it reads the answer. When a
-//! request is refused before its body is read (too large by `Content-Length`, unauthenticated,
-//! rate limited, unrouted), hyper answers and then closes the connection with the rest of the
-//! body still arriving; the kernel turns that close into a TCP reset, and the client reports
-//! "broken pipe" or "connection reset" instead of our precise error. So a body dropped unread is
-//! drained in the background, discarding every byte, as web servers do with a lingering close:
-//! the answer arrives intact and the connection stays usable. Draining is bounded in bytes and
-//! time, so a client cannot make us read forever; past either bound the connection is closed as
-//! before.
+//! When a socket is closed with bytes from the client still unread (or arriving after the
+//! close), the kernel answers with a TCP reset, and a reset makes the client's kernel throw
+//! away what it had received but not yet read: our last response, our GOAWAY, TLS's
+//! close_notify. The client then reports "broken pipe" or "connection reset" instead of the
+//! answer. Two places need care:
 //!
-//! HTTP/2 needs none of this (hyper resets just the stream, with NO_ERROR, as RFC 9113 §8.1
-//! allows), nor does a request that asked `Expect: 100-continue` (its client waits for our
-//! answer before it sends the body, so there is nothing in flight to reset).
+//! * **A request body refused unread** ([`LingeringBody`]). Over HTTP/1.1 a client writes its
+//!   whole body before it reads the answer. When a request is refused before its body is read
+//!   (too large by `Content-Length`, unauthenticated, rate limited, unrouted), the body is
+//!   drained in the background, every byte discarded: the answer arrives intact and the
+//!   connection stays usable. HTTP/2 needs none of this (hyper resets just the stream, with
+//!   NO_ERROR, as RFC 9113 §8.1 allows), nor does a request that asked `Expect: 100-continue`
+//!   (its client waits for our answer before it sends the body).
+//! * **Closing a connection** ([`LingeringClose`]): after our side is shut down (FIN sent, after
+//!   the GOAWAY or the last response), we read and discard until the client closes too, then
+//!   close the socket. A TLS client answers our close_notify with its own, which would otherwise
+//!   hit a closed socket.
+//!
+//! Both are bounded in bytes or time, so a client cannot make us wait or read forever; past a
+//! bound the connection is closed as it would have been without lingering.
 
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::BodyExt as _;
 use hyper::body::{Bytes, Incoming};
+use std::future::Future as _;
+use std::io;
 use std::pin::Pin;
-use std::task::{Context, Poll};
+use std::task::{ready, Context, Poll};
 use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::time::Sleep;
 
-/// Most bytes of an unread body drained before the connection is given up.
+/// Most bytes of an unread request body drained before the connection is given up.
 pub const MAX_DRAIN_BYTES: u64 = 64 << 20;
-/// Longest a connection lingers to drain an unread body.
+/// Longest a connection lingers to drain an unread request body.
 pub const MAX_DRAIN_TIME: Duration = Duration::from_secs(10);
+/// Longest a connection whose side is shut down waits for the client to close its own.
+pub const CLOSE_LINGER: Duration = Duration::from_secs(2);
 
 /// A request body that, if dropped before it was read to the end, is drained in the
 /// background.
@@ -104,4 +117,92 @@ async fn drain(mut body: Incoming) {
         }
     })
     .await;
+}
+
+/// A socket that, when shut down, waits (up to [`CLOSE_LINGER`]) for the client to close its
+/// side before it reports the shutdown done, discarding whatever the client still sends.
+#[derive(Debug)]
+pub struct LingeringClose<S> {
+    inner: S,
+    closing: Closing,
+}
+
+#[derive(Debug)]
+enum Closing {
+    Open,
+    Draining(Pin<Box<Sleep>>),
+    Closed,
+}
+
+impl<S> LingeringClose<S> {
+    /// Wraps `inner`.
+    pub fn new(inner: S) -> Self {
+        Self {
+            inner,
+            closing: Closing::Open,
+        }
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for LingeringClose<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for LingeringClose<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = &mut *self;
+        loop {
+            match &mut this.closing {
+                Closing::Open => {
+                    ready!(Pin::new(&mut this.inner).poll_shutdown(cx))?;
+                    this.closing = Closing::Draining(Box::pin(tokio::time::sleep(CLOSE_LINGER)));
+                }
+                Closing::Draining(deadline) => {
+                    if deadline.as_mut().poll(cx).is_ready() {
+                        this.closing = Closing::Closed;
+                        continue;
+                    }
+                    let mut scratch = [0u8; 4096];
+                    let mut buf = ReadBuf::new(&mut scratch);
+                    match ready!(Pin::new(&mut this.inner).poll_read(cx, &mut buf)) {
+                        // More from the client: discard it and read on.
+                        Ok(()) if !buf.filled().is_empty() => {}
+                        // Its end of file (or an error): nothing left to protect.
+                        _ => this.closing = Closing::Closed,
+                    }
+                }
+                Closing::Closed => return Poll::Ready(Ok(())),
+            }
+        }
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
 }

@@ -15,6 +15,10 @@
 //!   opened together do not all reconnect together) the connection gets a graceful GOAWAY, and
 //!   is closed if its requests are not done after [`ServerLimits::max_connection_age_grace`].
 //!
+//! - **close**: a connection that ends gracefully lingers (bounded) until the client has closed
+//!   too, and a request body refused unread is drained (bounded), so that no answer we sent is
+//!   lost to a TCP reset ([`super::linger`]).
+//!
 //! Each request carries a [`Peer`] in its extensions: the remote address, whether it came over
 //! TLS, and the verified mTLS client's identity.
 
@@ -36,7 +40,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tower::ServiceExt as _;
 
-use super::linger::LingeringBody;
+use super::linger::{LingeringBody, LingeringClose};
 use super::peer::Peer;
 use super::tls::{self, ServerTls};
 use crate::config::{ServerConfig, DEFAULT_HANDSHAKE_TIMEOUT_MS};
@@ -184,6 +188,7 @@ pub async fn serve(
 async fn connection(shared: Arc<Shared>, stream: TcpStream, remote: SocketAddr) {
     let setup_deadline = Instant::now() + shared.limits.setup_timeout;
     let _ = stream.set_nodelay(true);
+    let stream = LingeringClose::new(stream);
     let Some(tls) = &shared.tls else {
         let peer = Peer {
             addr: remote,
