@@ -10,7 +10,8 @@
 //! * `verify_after_sign`: verifying a signature against the key's public key before it may
 //!   leave the process, for all 13 algorithms (RSA: always on; ECDSA: `signing.verify_ecdsa`);
 //! * `verify_rustcrypto`: the same NIST-curve verifications with the curve crates' own
-//!   (constant-time, table-less) verifier, which p11kms replaced; the baseline for the above;
+//!   (constant-time, table-less) verifier, and RSA-PSS with the `rsa` crate's, which p11kms
+//!   replaced; the baseline for the above;
 //! * `status_mapping`: an error to its gRPC status, including the HSM-error mapping.
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
@@ -205,8 +206,9 @@ fn verify_after_sign(c: &mut Criterion) {
     group.finish();
 }
 
-/// The NIST curves through `p256`/`p384`/`p521`'s own `verify_prehash`: what p11kms used
-/// before `crypto::ecdsa_verify`, kept as the baseline for `verify_after_sign`.
+/// The NIST curves through `p256`/`p384`/`p521`'s own `verify_prehash` and RSA through the
+/// `rsa` crate: what p11kms used before `crypto::ecdsa_verify` and `crypto::rsa_pss_verify`,
+/// kept as the baseline for `verify_after_sign`.
 fn verify_rustcrypto(c: &mut Criterion) {
     use signature::hazmat::PrehashVerifier as _;
     let mut group = c.benchmark_group("verify_rustcrypto");
@@ -229,6 +231,27 @@ fn verify_rustcrypto(c: &mut Criterion) {
     curve!("ECDSA_NIST_P256_SHA_256", p256, 32);
     curve!("ECDSA_NIST_P384_SHA_384", p384, 48);
     curve!("ECDSA_NIST_P521_SHA_512", p521, 64);
+    // RSA-PSS through the `rsa` crate's verifier, which p11kms used before
+    // `crypto::rsa_pss_verify`.
+    for (name, bits) in [
+        ("RSA_PSS_2048_SHA_256", 2048),
+        ("RSA_PSS_3072_SHA_256", 3072),
+        ("RSA_PSS_4096_SHA_256", 4096),
+    ] {
+        let key = rsa::RsaPrivateKey::new(&mut OsRng, bits).expect("RSA key generation");
+        let scheme = || rsa::Pss::new_with_salt::<sha2::Sha256>(32);
+        let sig = key
+            .sign_with_rng(&mut OsRng, scheme(), &digest[..32])
+            .expect("PSS signing");
+        let public = key.to_public_key();
+        group.bench_function(name, |b| {
+            b.iter(|| {
+                public
+                    .verify(scheme(), black_box(&digest[..32]), black_box(&sig))
+                    .unwrap()
+            })
+        });
+    }
     group.finish();
 }
 

@@ -4,6 +4,7 @@ pub mod algorithm;
 pub mod ecdsa_der;
 mod ecdsa_verify;
 pub mod public_key;
+mod rsa_pss_verify;
 
 pub use algorithm::{Algorithm, Curve, HashAlg, KeyKind};
 pub use public_key::{PublicKey, PublicKeyError, VerifyError};

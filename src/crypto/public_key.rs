@@ -5,6 +5,7 @@
 
 use super::algorithm::{Algorithm, Curve, KeyKind};
 use super::ecdsa_verify;
+use super::rsa_pss_verify::RsaPssKey;
 use der::{asn1::OctetString, Decode};
 use rsa::pkcs8::{EncodePublicKey, LineEnding};
 use sha2::{Digest, Sha256};
@@ -34,7 +35,8 @@ pub struct VerifyError;
 
 #[derive(Clone)]
 enum Verifier {
-    Rsa(rsa::RsaPublicKey),
+    /// The modulus's Montgomery constants, for the fast verifier.
+    Rsa(RsaPssKey),
     /// Q and its shifted points, for the fast verifier.
     P256(ecdsa_verify::KeyPowers<p256::NistP256>),
     /// Q and its shifted points, for the fast verifier.
@@ -83,7 +85,8 @@ impl PublicKey {
             .to_public_key_der()
             .map_err(|e| PublicKeyError::Encode(e.to_string()))?
             .into_vec();
-        Self::finish(spki_der, Verifier::Rsa(key))
+        let verifier = RsaPssKey::new(modulus, exponent).map_err(PublicKeyError::BadRsa)?;
+        Self::finish(spki_der, Verifier::Rsa(verifier))
     }
 
     /// Builds an EC key from `CKA_EC_POINT`, which tokens return either DER-wrapped in an
@@ -144,9 +147,7 @@ impl PublicKey {
     /// When the key type, curve or modulus size differ from what the algorithm needs.
     pub fn check_algorithm(&self, algorithm: Algorithm) -> Result<(), PublicKeyError> {
         let fits = match (algorithm.key_kind(), &self.verifier) {
-            (KeyKind::Rsa { bits }, Verifier::Rsa(k)) => {
-                rsa::traits::PublicKeyParts::n(k).bits() == bits
-            }
+            (KeyKind::Rsa { bits }, Verifier::Rsa(k)) => k.bits() == bits,
             (KeyKind::Ec(Curve::P256), Verifier::P256(_))
             | (KeyKind::Ec(Curve::P384), Verifier::P384(_))
             | (KeyKind::Ec(Curve::P521), Verifier::P521(_))
@@ -188,15 +189,9 @@ impl PublicKey {
         signature: &[u8],
     ) -> Result<(), VerifyError> {
         let ok = match &self.verifier {
-            Verifier::Rsa(key) => {
-                let salt = algorithm.hash().digest_len();
-                let scheme = match algorithm.hash() {
-                    super::HashAlg::Sha256 => rsa::Pss::new_with_salt::<sha2::Sha256>(salt),
-                    super::HashAlg::Sha384 => rsa::Pss::new_with_salt::<sha2::Sha384>(salt),
-                    super::HashAlg::Sha512 => rsa::Pss::new_with_salt::<sha2::Sha512>(salt),
-                };
-                key.verify(scheme, digest, signature).is_ok()
-            }
+            // PSS with salt = digest length, the public operation in Montgomery form (see
+            // `rsa_pss_verify`): about four times as fast as the `rsa` crate's.
+            Verifier::Rsa(key) => key.verify(algorithm.hash(), digest, signature),
             // The NIST curves go through our variable-time scheduling of the same arithmetic
             // (see `ecdsa_verify`): about twice as fast as the crates' constant-time default.
             Verifier::P256(powers) => p256::ecdsa::Signature::from_der(signature).is_ok_and(|s| {
