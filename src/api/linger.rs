@@ -1,10 +1,11 @@
 //! Lingering, so that a client gets the answer we sent before the connection went away.
 //!
 //! When a socket is closed with bytes from the client still unread (or arriving after the
-//! close), the kernel answers with a TCP reset, and a reset makes the client's kernel throw
-//! away what it had received but not yet read: our last response, our GOAWAY, TLS's
-//! close_notify. The client then reports "broken pipe" or "connection reset" instead of the
-//! answer. Two places need care:
+//! close), the kernel answers with a TCP reset. A client still writing then gets "broken pipe"
+//! or "connection reset" from its write, and many clients (hyper's, and so `reqwest` and
+//! tonic) report that error instead of reading the answer we sent: our response, our GOAWAY.
+//! On some systems the reset also discards what the client had received but not yet read.
+//! Two places need care:
 //!
 //! * **A request body refused unread** ([`LingeringBody`]). Over HTTP/1.1 a client writes its
 //!   whole body before it reads the answer. When a request is refused before its body is read

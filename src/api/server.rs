@@ -15,9 +15,9 @@
 //!   opened together do not all reconnect together) the connection gets a graceful GOAWAY, and
 //!   is closed if its requests are not done after [`ServerLimits::max_connection_age_grace`].
 //!
-//! - **close**: a connection that ends gracefully lingers (bounded) until the client has closed
-//!   too, and a request body refused unread is drained (bounded), so that no answer we sent is
-//!   lost to a TCP reset ([`super::linger`]).
+//! A connection that ends gracefully lingers (bounded) until the client has closed too, and a
+//! request body refused unread is drained (bounded), so that no answer we sent is lost to a
+//! TCP reset ([`super::linger`]).
 //!
 //! Each request carries a [`Peer`] in its extensions: the remote address, whether it came over
 //! TLS, and the verified mTLS client's identity.
