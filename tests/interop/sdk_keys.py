@@ -53,25 +53,8 @@ import grpc
 
 import sdk_guard
 from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa, utils
+from sdk_algorithms import ALGORITHMS, check_public_key, verify
 
-ALGORITHMS = {
-    "RSA_2048_SIGN_PSS_SHA_256": ("rsa", 2048, "sha256"),
-    "RSA_2048_SIGN_PSS_SHA_384": ("rsa", 2048, "sha384"),
-    "RSA_2048_SIGN_PSS_SHA_512": ("rsa", 2048, "sha512"),
-    "RSA_3072_SIGN_PSS_SHA_256": ("rsa", 3072, "sha256"),
-    "RSA_3072_SIGN_PSS_SHA_384": ("rsa", 3072, "sha384"),
-    "RSA_3072_SIGN_PSS_SHA_512": ("rsa", 3072, "sha512"),
-    "RSA_4096_SIGN_PSS_SHA_256": ("rsa", 4096, "sha256"),
-    "RSA_4096_SIGN_PSS_SHA_384": ("rsa", 4096, "sha384"),
-    "RSA_4096_SIGN_PSS_SHA_512": ("rsa", 4096, "sha512"),
-    "ECDSA_NIST_P256_SHA_256": ("ec", "secp256r1", "sha256"),
-    "ECDSA_NIST_P384_SHA_384": ("ec", "secp384r1", "sha384"),
-    "ECDSA_NIST_P521_SHA_512": ("ec", "secp521r1", "sha512"),
-    "ECDSA_SECP256_K1_SHA_256": ("ec", "secp256k1", "sha256"),
-}
-HASHES = {"sha256": hashes.SHA256, "sha384": hashes.SHA384, "sha512": hashes.SHA512}
 TIMEOUT = 120  # seconds per call; RSA-4096 generation on a loaded machine
 FOLDER = "sdk-interop"
 
@@ -85,25 +68,6 @@ class CountingInterceptor(grpc.UnaryUnaryClientInterceptor):
     def intercept_unary_unary(self, continuation, details, request):
         self.calls[details.method] = self.calls.get(details.method, 0) + 1
         return continuation(details, request)
-
-
-def verify(pem, algorithm, message, signature):
-    kind, size, hash_name = ALGORITHMS[algorithm]
-    key = serialization.load_pem_public_key(pem.encode("ascii"))
-    h = HASHES[hash_name]()
-    if kind == "rsa":
-        assert isinstance(key, rsa.RSAPublicKey) and key.key_size == size, key
-        key.verify(
-            signature,
-            message,
-            padding.PSS(mgf=padding.MGF1(HASHES[hash_name]()), salt_length=h.digest_size),
-            h,
-        )
-    else:
-        assert isinstance(key, ec.EllipticCurvePublicKey) and key.curve.name == size, key
-        r, s = utils.decode_dss_signature(signature)
-        assert utils.encode_dss_signature(r, s) == signature, "ECDSA signature is not canonical DER"
-        key.verify(signature, message, ec.ECDSA(h))
 
 
 def expect_code(code, call):
@@ -171,7 +135,7 @@ def main(argv):
         message = f"p11kms signs for {key_id} ({algorithm})".encode()
         resp = crypto.Sign(cpb.AsymmetricSignRequest(key_id=key_id, message=message), timeout=TIMEOUT)
         assert resp.key_id == key_id
-        verify(pem, algorithm, message, resp.signature)
+        verify(check_public_key(pem, algorithm), algorithm, resp.signature, message)
 
     print(f"yandexcloud {yandexcloud._channels.VERSION} -> {endpoint} (insecure, bearer token from P11KMS_TOKEN)")
     failures = []
