@@ -13,7 +13,6 @@
 use super::algorithm::HashAlg;
 use crypto_bigint::modular::runtime_mod::{DynResidue, DynResidueParams};
 use crypto_bigint::{Uint, U2048, U3072, U4096};
-use sha2::{Digest, Sha256, Sha384, Sha512};
 
 /// An RSA public key ready for PSS verification.
 #[derive(Clone, Debug)]
@@ -149,7 +148,7 @@ fn emsa_pss_verify(hash: HashAlg, m_hash: &[u8], em: &[u8], em_bits: usize) -> b
         return false;
     }
     let salt = &rest[1..];
-    let h_prime = digest(hash, &[&[0u8; 8], m_hash, salt]);
+    let h_prime = hash.digest(&[&[0u8; 8], m_hash, salt].concat());
     h_prime == h
 }
 
@@ -158,26 +157,11 @@ fn mgf1(hash: HashAlg, seed: &[u8], len: usize) -> Vec<u8> {
     let mut out = Vec::with_capacity(len + hash.digest_len());
     let mut counter: u32 = 0;
     while out.len() < len {
-        out.extend_from_slice(&digest(hash, &[seed, &counter.to_be_bytes()]));
+        out.extend_from_slice(&hash.digest(&[seed, &counter.to_be_bytes()].concat()));
         counter += 1;
     }
     out.truncate(len);
     out
-}
-
-fn digest(hash: HashAlg, parts: &[&[u8]]) -> Vec<u8> {
-    fn run<D: Digest>(parts: &[&[u8]]) -> Vec<u8> {
-        let mut d = D::new();
-        for part in parts {
-            d.update(part);
-        }
-        d.finalize().to_vec()
-    }
-    match hash {
-        HashAlg::Sha256 => run::<Sha256>(parts),
-        HashAlg::Sha384 => run::<Sha384>(parts),
-        HashAlg::Sha512 => run::<Sha512>(parts),
-    }
 }
 
 fn strip_zeros(bytes: &[u8]) -> &[u8] {
@@ -206,6 +190,7 @@ mod tests {
     use rsa::signature::hazmat::RandomizedPrehashSigner as _;
     use rsa::signature::SignatureEncoding as _;
     use rsa::traits::{PrivateKeyParts as _, PublicKeyParts as _};
+    use sha2::{Sha256, Sha384, Sha512};
 
     fn key(bits: usize) -> rsa::RsaPrivateKey {
         // Key generation in a debug build is slow: one key per size, shared by the tests.
@@ -282,7 +267,7 @@ mod tests {
             let v = ours(&k);
             for hash in [HashAlg::Sha256, HashAlg::Sha384, HashAlg::Sha512] {
                 for round in 0..4u8 {
-                    let digest = digest(hash, &[&[round; 100]]);
+                    let digest = hash.digest(&[round; 100]);
                     let sig = sign(&k, hash, &digest);
                     assert!(agree(&k, &v, hash, &digest, &sig), "valid, {bits} {hash:?}");
 
@@ -312,7 +297,7 @@ mod tests {
     fn refuses_signatures_not_below_the_modulus_and_other_keys() {
         let k = key(2048);
         let v = ours(&k);
-        let digest = digest(HashAlg::Sha256, &[b"m"]);
+        let digest = HashAlg::Sha256.digest(b"m");
         let n = k.n().to_bytes_be();
         assert!(!agree(&k, &v, HashAlg::Sha256, &digest, &n), "s = n");
         assert!(
@@ -334,7 +319,7 @@ mod tests {
         let k = key(2048);
         let v = ours(&k);
         let hash = HashAlg::Sha256;
-        let m_hash = digest(hash, &[b"structure"]);
+        let m_hash = hash.digest(b"structure");
         let em_len = 256;
         let n = k.n().clone();
         // The signature whose public operation is EM, or `None` when EM is not below n.
@@ -345,9 +330,9 @@ mod tests {
                 let signed_hash = if hash_ok {
                     m_hash.clone()
                 } else {
-                    digest(hash, &[b"other"])
+                    hash.digest(b"other")
                 };
-                let h = digest(hash, &[&[0u8; 8], &signed_hash, &salt]);
+                let h = hash.digest(&[&[0u8; 8], &signed_hash[..], &salt].concat());
                 let mut db = vec![0u8; em_len - 32 - 1];
                 let sep_at = db.len() - salt.len() - 1;
                 db[sep_at] = separator;
