@@ -15,8 +15,8 @@
 //! * `status_mapping`: an error to its gRPC status, including the HSM-error mapping.
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use p11kms::api::grpc::pb::kms::{AsymmetricSignHashRequest, AsymmetricSignRequest};
-use p11kms::api::validate;
+use p11kms::api::yandex::grpc::pb::kms::{AsymmetricSignHashRequest, AsymmetricSignRequest};
+use p11kms::api::yandex::validate;
 use p11kms::crypto::{ecdsa_der, Algorithm, Curve, KeyKind, PublicKey};
 use p11kms::error::Error;
 use p11kms::hsm::HsmError;

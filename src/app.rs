@@ -1,9 +1,10 @@
 //! Builds the gateway from a config — HSM, keys, services, listener — and runs it until a
 //! shutdown signal.
 
-use crate::api::grpc::endpoints::EndpointService;
 use crate::api::tls::ServerTls;
-use crate::api::{context, grpc, rest, server};
+use crate::api::yandex::grpc::endpoints::EndpointService;
+use crate::api::yandex::{grpc, rest};
+use crate::api::{context, server};
 use crate::auth::Identity;
 use crate::config::Config;
 use crate::config::KeyConfig;

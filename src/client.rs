@@ -5,19 +5,19 @@
 //! `--token-file` or `P11KMS_TOKEN` and is sent as `authorization: Bearer …`; it never appears on
 //! the command line, where other local users could read it.
 
-use crate::api::grpc::pb::kms::asymmetric_signature_key_service_client::AsymmetricSignatureKeyServiceClient;
-use crate::api::grpc::pb::kms::{
+use crate::api::yandex::grpc::pb::kms::asymmetric_signature_key_service_client::AsymmetricSignatureKeyServiceClient;
+use crate::api::yandex::grpc::pb::kms::{
     asymmetric_signature_key, AsymmetricSignatureAlgorithm, AsymmetricSignatureKey,
     CreateAsymmetricSignatureKeyRequest, DeleteAsymmetricSignatureKeyRequest,
     GetAsymmetricSignatureKeyRequest, ListAsymmetricSignatureKeyOperationsRequest,
     ListAsymmetricSignatureKeysRequest, ListAsymmetricSignatureKeysResponse,
     UpdateAsymmetricSignatureKeyRequest,
 };
-use crate::api::grpc::pb::operation::operation_service_client::OperationServiceClient;
-use crate::api::grpc::pb::operation::{operation, GetOperationRequest, Operation};
-use crate::api::grpc::pb::p11kms::v1::key_admin_service_client::KeyAdminServiceClient;
-use crate::api::grpc::pb::p11kms::v1::UndeleteKeyRequest;
-use crate::api::json;
+use crate::api::yandex::grpc::pb::operation::operation_service_client::OperationServiceClient;
+use crate::api::yandex::grpc::pb::operation::{operation, GetOperationRequest, Operation};
+use crate::api::yandex::grpc::pb::p11kms::v1::key_admin_service_client::KeyAdminServiceClient;
+use crate::api::yandex::grpc::pb::p11kms::v1::UndeleteKeyRequest;
+use crate::api::yandex::json;
 use crate::cli::{KeysArgs, KeysCommand};
 use crate::crypto::Algorithm;
 use crate::keys::ops::type_names;

@@ -8,7 +8,7 @@ mod common;
 use base64::Engine as _;
 use common::faultshim::Shim;
 use common::{dev_key_id, CryptoClient, Daemon, Launch, TestToken};
-use p11kms::api::grpc::pb::kms::{
+use p11kms::api::yandex::grpc::pb::kms::{
     AsymmetricGetPublicKeyRequest, AsymmetricSignHashRequest, AsymmetricSignRequest,
 };
 use p11kms::crypto::Algorithm;

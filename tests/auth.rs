@@ -19,13 +19,13 @@ use common::faultshim::Shim;
 use common::jwt::JwtIssuer;
 use common::{dev_key_id, Launch, TestToken};
 use key_service_support::Clients;
-use p11kms::api::grpc::pb::kms::asymmetric_signature_key::Status as KeyStatus;
-use p11kms::api::grpc::pb::kms::{
+use p11kms::api::yandex::grpc::pb::kms::asymmetric_signature_key::Status as KeyStatus;
+use p11kms::api::yandex::grpc::pb::kms::{
     CreateAsymmetricSignatureKeyRequest, ListAsymmetricSignatureKeyOperationsRequest,
     UpdateAsymmetricSignatureKeyRequest,
 };
-use p11kms::api::grpc::pb::operation::GetOperationRequest;
-use p11kms::api::grpc::pb::yandex::cloud::access::{
+use p11kms::api::yandex::grpc::pb::operation::GetOperationRequest;
+use p11kms::api::yandex::grpc::pb::yandex::cloud::access::{
     AccessBinding, AccessBindingAction, AccessBindingDelta, ListAccessBindingsRequest,
     SetAccessBindingsRequest, Subject, UpdateAccessBindingsRequest,
 };
@@ -483,7 +483,7 @@ async fn folder_roles_govern_create_list_and_operations() {
 
     // List: a folder role lists the folder; per-key roles list just those keys.
     let f1_all: BTreeSet<String> = [k1.clone(), k2.clone(), k4.clone(), made.id.clone()].into();
-    let listed = |keys: Vec<p11kms::api::grpc::pb::kms::AsymmetricSignatureKey>| {
+    let listed = |keys: Vec<p11kms::api::yandex::grpc::pb::kms::AsymmetricSignatureKey>| {
         keys.into_iter().map(|k| k.id).collect::<BTreeSet<_>>()
     };
     for (caller, folder, want) in [

@@ -8,7 +8,7 @@ mod common;
 
 use common::tls::{Ca, ClientId, Mtls, TlsClient, TlsDir};
 use common::{dev_key_id, Bearer, CryptoClient, Daemon, TestToken};
-use p11kms::api::grpc::pb::kms::AsymmetricSignRequest;
+use p11kms::api::yandex::grpc::pb::kms::AsymmetricSignRequest;
 use p11kms::crypto::Algorithm;
 use tonic::service::interceptor::InterceptedService;
 use tonic::Code;

@@ -8,7 +8,7 @@ mod common;
 use common::faultshim::Shim;
 use common::load::{self, raw_crypto_client, Load, LoadConfig, LoadKey, Outcome, Report};
 use common::{dev_key_id, Daemon, Launch, TestToken};
-use p11kms::api::grpc::pb::kms::{AsymmetricSignHashRequest, AsymmetricSignRequest};
+use p11kms::api::yandex::grpc::pb::kms::{AsymmetricSignHashRequest, AsymmetricSignRequest};
 use p11kms::crypto::Algorithm;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};

@@ -219,8 +219,11 @@ fn our_protos_are_wire_identical_to_the_official_python_sdk() {
     let python = python();
     let dir = tempfile::tempdir().expect("temp dir");
     let descriptors = dir.path().join("p11kms_descriptor.bin");
-    std::fs::write(&descriptors, p11kms::api::grpc::pb::FILE_DESCRIPTOR_SET)
-        .expect("write the descriptor set");
+    std::fs::write(
+        &descriptors,
+        p11kms::api::yandex::grpc::pb::FILE_DESCRIPTOR_SET,
+    )
+    .expect("write the descriptor set");
     let out = run_ok(
         "tests/interop/check_wire_compat.py",
         command(&python)

@@ -8,11 +8,11 @@ mod key_service_support;
 use common::{assert_status, pkcs11, Daemon};
 use cryptoki::object::{Attribute, AttributeType, ObjectClass};
 use key_service_support::{eventually, key_of, managed_token, Clients, DELETE_META};
-use p11kms::api::grpc::pb::kms::asymmetric_signature_key::Status as KeyStatus;
-use p11kms::api::grpc::pb::kms::{
+use p11kms::api::yandex::grpc::pb::kms::asymmetric_signature_key::Status as KeyStatus;
+use p11kms::api::yandex::grpc::pb::kms::{
     CreateAsymmetricSignatureKeyRequest, ListAsymmetricSignatureKeyOperationsRequest,
 };
-use p11kms::api::grpc::pb::operation::{CancelOperationRequest, GetOperationRequest};
+use p11kms::api::yandex::grpc::pb::operation::{CancelOperationRequest, GetOperationRequest};
 use p11kms::crypto::Algorithm;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};

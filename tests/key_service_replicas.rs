@@ -8,8 +8,8 @@ mod key_service_support;
 
 use common::{assert_status, Daemon};
 use key_service_support::{eventually, managed_token, Clients};
-use p11kms::api::grpc::pb::kms::asymmetric_signature_key::Status as KeyStatus;
-use p11kms::api::grpc::pb::operation::GetOperationRequest;
+use p11kms::api::yandex::grpc::pb::kms::asymmetric_signature_key::Status as KeyStatus;
+use p11kms::api::yandex::grpc::pb::operation::GetOperationRequest;
 use p11kms::crypto::Algorithm;
 use std::time::{Duration, Instant};
 use tonic::Code;
@@ -34,7 +34,7 @@ async fn two_replicas_share_keys_and_changes_through_the_token() {
     let op = ca
         .keys
         .create(
-            p11kms::api::grpc::pb::kms::CreateAsymmetricSignatureKeyRequest {
+            p11kms::api::yandex::grpc::pb::kms::CreateAsymmetricSignatureKeyRequest {
                 folder_id: "shared".into(),
                 signature_algorithm: Algorithm::EcdsaP384Sha384.to_proto(),
                 ..Default::default()

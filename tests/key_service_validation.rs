@@ -6,15 +6,15 @@ mod key_service_support;
 
 use common::{assert_status, dev_key_id, Daemon};
 use key_service_support::{managed_token, Clients};
-use p11kms::api::grpc::pb::kms::asymmetric_signature_key::Status as KeyStatus;
-use p11kms::api::grpc::pb::kms::{
+use p11kms::api::yandex::grpc::pb::kms::asymmetric_signature_key::Status as KeyStatus;
+use p11kms::api::yandex::grpc::pb::kms::{
     CreateAsymmetricSignatureKeyRequest, DeleteAsymmetricSignatureKeyRequest,
     GetAsymmetricSignatureKeyRequest, ListAsymmetricSignatureKeyOperationsRequest,
     UpdateAsymmetricSignatureKeyRequest,
 };
-use p11kms::api::grpc::pb::operation::GetOperationRequest;
-use p11kms::api::grpc::pb::p11kms::v1::UndeleteKeyRequest;
-use p11kms::api::grpc::pb::yandex::cloud::access::{
+use p11kms::api::yandex::grpc::pb::operation::GetOperationRequest;
+use p11kms::api::yandex::grpc::pb::p11kms::v1::UndeleteKeyRequest;
+use p11kms::api::yandex::grpc::pb::yandex::cloud::access::{
     AccessBinding, AccessBindingAction, AccessBindingDelta, ListAccessBindingsRequest,
     SetAccessBindingsRequest, Subject, UpdateAccessBindingsRequest,
 };

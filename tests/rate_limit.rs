@@ -5,7 +5,7 @@
 mod common;
 
 use common::{dev_key_id, CryptoClient, Launch, ServingStatus, TestToken};
-use p11kms::api::grpc::pb::kms::AsymmetricGetPublicKeyRequest;
+use p11kms::api::yandex::grpc::pb::kms::AsymmetricGetPublicKeyRequest;
 use p11kms::crypto::Algorithm;
 use std::time::{Duration, Instant};
 use tonic::Code;

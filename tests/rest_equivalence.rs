@@ -26,17 +26,17 @@ use common::pkcs11::{self, KeyGen, PrivateAttrs};
 use common::{dev_ck_id, dev_key_id, load, Daemon, Launch, ServingStatus, TestToken};
 use cryptoki::object::ObjectClass;
 use key_service_support::Clients;
-use p11kms::api::grpc::pb::kms::{
+use p11kms::api::yandex::grpc::pb::kms::{
     CreateAsymmetricSignatureKeyRequest, ListAsymmetricSignatureKeysRequest,
     UpdateAsymmetricSignatureKeyRequest,
 };
-use p11kms::api::grpc::pb::operation::GetOperationRequest;
-use p11kms::api::grpc::pb::yandex::cloud::access::{
+use p11kms::api::yandex::grpc::pb::operation::GetOperationRequest;
+use p11kms::api::yandex::grpc::pb::yandex::cloud::access::{
     AccessBinding, SetAccessBindingsRequest, Subject, UpdateAccessBindingsRequest,
 };
-use p11kms::api::grpc::pb::yandex::cloud::endpoint::api_endpoint_service_client::ApiEndpointServiceClient;
-use p11kms::api::grpc::pb::yandex::cloud::endpoint::ListApiEndpointsRequest;
-use p11kms::api::json;
+use p11kms::api::yandex::grpc::pb::yandex::cloud::endpoint::api_endpoint_service_client::ApiEndpointServiceClient;
+use p11kms::api::yandex::grpc::pb::yandex::cloud::endpoint::ListApiEndpointsRequest;
+use p11kms::api::yandex::json;
 use p11kms::crypto::Algorithm;
 use rest_support::{b64, key_path, Reply, Rest};
 use serde_json::json;

@@ -11,7 +11,7 @@ mod rest_support;
 use common::verify::{self, hash_of};
 use common::{dev_key_id, Daemon, TestToken};
 use key_service_support::Clients;
-use p11kms::api::json;
+use p11kms::api::yandex::json;
 use p11kms::crypto::Algorithm;
 use rest_support::{key_path, Rest};
 use serde_json::{json, Value};
@@ -241,7 +241,7 @@ async fn key_lifecycle_over_rest_matches_grpc() {
             &grpc
                 .keys
                 .list_operations(
-                    p11kms::api::grpc::pb::kms::ListAsymmetricSignatureKeyOperationsRequest {
+                    p11kms::api::yandex::grpc::pb::kms::ListAsymmetricSignatureKeyOperationsRequest {
                         key_id: id.clone(),
                         page_size: 0,
                         page_token: page["nextPageToken"].as_str().unwrap().to_string(),

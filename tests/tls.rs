@@ -12,8 +12,8 @@ use common::tls::{
     grant_mtls, serial_of, write_replace, Ca, ClientId, Mtls, TlsClient, TlsDir, SIGNER,
 };
 use common::{dev_key_id, verify, Daemon, TestToken};
-use p11kms::api::grpc::pb::kms::asymmetric_signature_crypto_service_client::AsymmetricSignatureCryptoServiceClient as CryptoClient;
-use p11kms::api::grpc::pb::kms::{AsymmetricGetPublicKeyRequest, AsymmetricSignRequest};
+use p11kms::api::yandex::grpc::pb::kms::asymmetric_signature_crypto_service_client::AsymmetricSignatureCryptoServiceClient as CryptoClient;
+use p11kms::api::yandex::grpc::pb::kms::{AsymmetricGetPublicKeyRequest, AsymmetricSignRequest};
 use p11kms::crypto::Algorithm;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};

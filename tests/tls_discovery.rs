@@ -7,8 +7,8 @@ mod common;
 
 use common::tls::{Ca, Mtls, TlsClient, TlsDir};
 use common::{Daemon, TestToken};
-use p11kms::api::grpc::pb::yandex::cloud::endpoint::api_endpoint_service_client::ApiEndpointServiceClient;
-use p11kms::api::grpc::pb::yandex::cloud::endpoint::{
+use p11kms::api::yandex::grpc::pb::yandex::cloud::endpoint::api_endpoint_service_client::ApiEndpointServiceClient;
+use p11kms::api::yandex::grpc::pb::yandex::cloud::endpoint::{
     GetApiEndpointRequest, ListApiEndpointsRequest,
 };
 use tonic::transport::Channel;

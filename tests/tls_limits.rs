@@ -11,7 +11,7 @@ mod common;
 use bytes::Bytes;
 use common::tls::{Ca, Mtls, TlsClient, TlsDir, H2_PREFACE_AND_SETTINGS};
 use common::{dev_key_id, Daemon, TestToken};
-use p11kms::api::grpc::pb::kms::{AsymmetricGetPublicKeyRequest, AsymmetricSignRequest};
+use p11kms::api::yandex::grpc::pb::kms::{AsymmetricGetPublicKeyRequest, AsymmetricSignRequest};
 use p11kms::crypto::Algorithm;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};

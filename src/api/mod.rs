@@ -1,13 +1,11 @@
-//! Transports: decoding, field validation, and the listener. The core lives in
-//! [`crate::signer`].
+//! The edge: the shared listener (TLS, HTTP/1.1 and HTTP/2, limits), the request-context layer
+//! (request ids, authentication, rate limits, audit) and one folder per cloud's API. A front
+//! owns its wire types and maps them to and from the core's domain types ([`crate::signer`],
+//! [`crate::keys`]) at its edge; nothing below `api/<cloud>/` imports them.
 
 pub mod context;
-pub mod grpc;
-pub mod json;
-pub mod key_fields;
 pub mod linger;
 pub mod peer;
-pub mod rest;
 pub mod server;
 pub mod tls;
-pub mod validate;
+pub mod yandex;

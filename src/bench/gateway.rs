@@ -8,8 +8,8 @@
 use super::procfs::Proc;
 use super::stats::{Sample, Tally, Window};
 use super::verify;
-use crate::api::grpc::pb::kms::asymmetric_signature_crypto_service_client::AsymmetricSignatureCryptoServiceClient;
-use crate::api::grpc::pb::kms::{
+use crate::api::yandex::grpc::pb::kms::asymmetric_signature_crypto_service_client::AsymmetricSignatureCryptoServiceClient;
+use crate::api::yandex::grpc::pb::kms::{
     AsymmetricGetPublicKeyRequest, AsymmetricSignHashRequest, AsymmetricSignRequest,
 };
 use crate::crypto::Algorithm;

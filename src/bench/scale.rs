@@ -13,7 +13,7 @@ use super::report::ScaleResult;
 use super::stats::Latency;
 use super::verify::{Encoding, Verifier};
 use super::Plan;
-use crate::api::grpc::pb::kms::AsymmetricGetPublicKeyRequest;
+use crate::api::yandex::grpc::pb::kms::AsymmetricGetPublicKeyRequest;
 use crate::cli::BenchArgs;
 use crate::crypto::Algorithm;
 use crate::hsm::bench::DirectToken;

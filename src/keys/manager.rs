@@ -39,7 +39,7 @@ use super::ops::{self, Kind};
 use super::record::{AccessBindingRecord, Record};
 use super::refresh::{Rescan, MIN_FORCED_SPACING};
 use super::{ids, KeyEntry, KeyRegistry, KeySource, Status};
-use crate::api::grpc::pb::operation::Operation;
+use crate::api::yandex::grpc::pb::operation::Operation;
 use crate::auth::authz::Want;
 use crate::auth::{Action, Policy, RequestContext};
 use crate::config::ManagedKeysConfig;

@@ -20,8 +20,8 @@ mod refresh;
 
 pub use manager::{BindingDelta, KeyChanges, KeyManager, NewKey};
 
-use crate::api::grpc::pb::kms::{asymmetric_signature_key, AsymmetricSignatureKey};
-use crate::api::grpc::pb::operation::Operation;
+use crate::api::yandex::grpc::pb::kms::{asymmetric_signature_key, AsymmetricSignatureKey};
+use crate::api::yandex::grpc::pb::operation::Operation;
 use crate::config::{KeyConfig, KeyStatus};
 use crate::crypto::{Algorithm, PublicKey};
 use record::Record;

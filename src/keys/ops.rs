@@ -3,7 +3,7 @@
 //! poll `OperationService.Get` once, which any replica answers from the key's metadata.
 
 use super::ids;
-use crate::api::grpc::pb::operation::{operation, Operation};
+use crate::api::yandex::grpc::pb::operation::{operation, Operation};
 use prost_types::Any;
 use std::time::SystemTime;
 
@@ -105,7 +105,7 @@ pub fn completed(
     key_id: &str,
     started: SystemTime,
     actor: &str,
-    key: &crate::api::grpc::pb::kms::AsymmetricSignatureKey,
+    key: &crate::api::yandex::grpc::pb::kms::AsymmetricSignatureKey,
 ) -> Operation {
     Operation {
         id: ids::generate(),
@@ -131,7 +131,7 @@ pub fn completed(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::grpc::pb::kms::CreateAsymmetricSignatureKeyMetadata;
+    use crate::api::yandex::grpc::pb::kms::CreateAsymmetricSignatureKeyMetadata;
     use prost::Message as _;
 
     #[test]

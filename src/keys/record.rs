@@ -29,7 +29,7 @@
 //! to the same field, one wins on every replica alike.
 
 use super::Status;
-use crate::api::grpc::pb::operation::Operation;
+use crate::api::yandex::grpc::pb::operation::Operation;
 use crate::config::ObjectSelector;
 use crate::crypto::Algorithm;
 use crate::hsm::KeySpec;

@@ -69,8 +69,8 @@ pub mod pkcs11;
 pub mod tls;
 pub mod verify;
 
-use p11kms::api::grpc::pb::kms::asymmetric_signature_crypto_service_client::AsymmetricSignatureCryptoServiceClient;
-use p11kms::api::grpc::pb::kms::{
+use p11kms::api::yandex::grpc::pb::kms::asymmetric_signature_crypto_service_client::AsymmetricSignatureCryptoServiceClient;
+use p11kms::api::yandex::grpc::pb::kms::{
     AsymmetricGetPublicKeyRequest, AsymmetricSignHashRequest, AsymmetricSignRequest,
 };
 use p11kms::crypto::Algorithm;

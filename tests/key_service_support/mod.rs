@@ -6,18 +6,18 @@
 #![allow(dead_code, unreachable_pub)]
 
 use crate::common::{verify, AuthChannel, Daemon, Kms, TestToken};
-use p11kms::api::grpc::pb::kms::asymmetric_signature_key::Status as KeyStatus;
-use p11kms::api::grpc::pb::kms::asymmetric_signature_key_service_client::AsymmetricSignatureKeyServiceClient;
-use p11kms::api::grpc::pb::kms::{
+use p11kms::api::yandex::grpc::pb::kms::asymmetric_signature_key::Status as KeyStatus;
+use p11kms::api::yandex::grpc::pb::kms::asymmetric_signature_key_service_client::AsymmetricSignatureKeyServiceClient;
+use p11kms::api::yandex::grpc::pb::kms::{
     AsymmetricSignatureKey, CreateAsymmetricSignatureKeyRequest,
     DeleteAsymmetricSignatureKeyRequest, GetAsymmetricSignatureKeyRequest,
     ListAsymmetricSignatureKeyOperationsRequest, ListAsymmetricSignatureKeysRequest,
     ListAsymmetricSignatureKeysResponse, UpdateAsymmetricSignatureKeyRequest,
 };
-use p11kms::api::grpc::pb::operation::operation_service_client::OperationServiceClient;
-use p11kms::api::grpc::pb::operation::{operation, GetOperationRequest, Operation};
-use p11kms::api::grpc::pb::p11kms::v1::key_admin_service_client::KeyAdminServiceClient;
-use p11kms::api::grpc::pb::p11kms::v1::UndeleteKeyRequest;
+use p11kms::api::yandex::grpc::pb::operation::operation_service_client::OperationServiceClient;
+use p11kms::api::yandex::grpc::pb::operation::{operation, GetOperationRequest, Operation};
+use p11kms::api::yandex::grpc::pb::p11kms::v1::key_admin_service_client::KeyAdminServiceClient;
+use p11kms::api::yandex::grpc::pb::p11kms::v1::UndeleteKeyRequest;
 use p11kms::crypto::Algorithm;
 use prost::Message as _;
 use std::time::{Duration, Instant};
@@ -72,7 +72,7 @@ pub fn key_of(op: &Operation, meta: &str) -> AsymmetricSignatureKey {
     let metadata = op.metadata.as_ref().expect("operation metadata");
     assert_eq!(metadata.type_url, type_url(meta));
     // Every *Metadata message is `{ string key_id = 1; }`.
-    let key_id = p11kms::api::grpc::pb::kms::CreateAsymmetricSignatureKeyMetadata::decode(
+    let key_id = p11kms::api::yandex::grpc::pb::kms::CreateAsymmetricSignatureKeyMetadata::decode(
         metadata.value.as_slice(),
     )
     .expect("metadata decodes")

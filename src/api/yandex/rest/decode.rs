@@ -142,7 +142,7 @@ fn field_error<E: std::fmt::Display>(what: &str, e: &serde_path_to_error::Error<
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::rest::messages;
+    use crate::api::yandex::rest::messages;
 
     fn parts(content_type: Option<&str>, uri: &str) -> Parts {
         let mut b = http::Request::builder().method("POST").uri(uri);

@@ -15,7 +15,7 @@ use super::pb::yandex::cloud::access::{
     AccessBinding, AccessBindingAction, ListAccessBindingsRequest, ListAccessBindingsResponse,
     SetAccessBindingsRequest, Subject, UpdateAccessBindingsRequest,
 };
-use crate::api::{key_fields, validate};
+use crate::api::yandex::{key_fields, validate};
 use crate::auth::RequestContext;
 use crate::error::Error;
 use crate::keys::record::AccessBindingRecord;

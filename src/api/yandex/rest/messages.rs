@@ -5,17 +5,17 @@
 //! over the same field in the body.
 
 use super::proto_json::{bytes, enumeration, field_mask, int64, nullable, Object};
-use crate::api::grpc::pb::kms::{
+use crate::api::yandex::grpc::pb::kms::{
     asymmetric_signature_key, AsymmetricSignHashRequest, AsymmetricSignRequest,
     AsymmetricSignatureAlgorithm, CreateAsymmetricSignatureKeyRequest,
     ListAsymmetricSignatureKeyOperationsRequest, ListAsymmetricSignatureKeysRequest,
     UpdateAsymmetricSignatureKeyRequest,
 };
-use crate::api::grpc::pb::yandex::cloud::access::{
+use crate::api::yandex::grpc::pb::yandex::cloud::access::{
     AccessBinding, AccessBindingAction, AccessBindingDelta, ListAccessBindingsRequest,
     SetAccessBindingsRequest, Subject, UpdateAccessBindingsRequest,
 };
-use crate::api::grpc::pb::yandex::cloud::endpoint::ListApiEndpointsRequest;
+use crate::api::yandex::grpc::pb::yandex::cloud::endpoint::ListApiEndpointsRequest;
 use serde::Deserialize;
 use std::collections::HashMap;
 
@@ -148,7 +148,7 @@ impl UpdateKey {
         // out of the body is reset to its default. (`"updateMask": ""` is an empty mask:
         // INVALID_ARGUMENT, as over gRPC.)
         let update_mask = self.update_mask.unwrap_or_else(|| prost_types::FieldMask {
-            paths: crate::api::grpc::keys::MASK_PATHS
+            paths: crate::api::yandex::grpc::keys::MASK_PATHS
                 .iter()
                 .map(|p| (*p).to_string())
                 .collect(),

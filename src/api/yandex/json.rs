@@ -6,17 +6,19 @@
 //! Fields with default values are written too (proto3 JSON's "emit defaults" form), so that a
 //! key's `deletionProtection: false` or empty `labels` are visible rather than implied.
 
-use crate::api::grpc::pb::google::rpc;
-use crate::api::grpc::pb::kms::{
+use crate::api::yandex::grpc::pb::google::rpc;
+use crate::api::yandex::grpc::pb::kms::{
     asymmetric_signature_key, AsymmetricGetPublicKeyResponse, AsymmetricSignHashResponse,
     AsymmetricSignResponse, AsymmetricSignatureAlgorithm, AsymmetricSignatureKey,
     ListAsymmetricSignatureKeyOperationsResponse, ListAsymmetricSignatureKeysResponse,
 };
-use crate::api::grpc::pb::operation::{operation, Operation};
-use crate::api::grpc::pb::yandex::cloud::access::{
+use crate::api::yandex::grpc::pb::operation::{operation, Operation};
+use crate::api::yandex::grpc::pb::yandex::cloud::access::{
     ListAccessBindingsResponse, SetAccessBindingsMetadata,
 };
-use crate::api::grpc::pb::yandex::cloud::endpoint::{ApiEndpoint, ListApiEndpointsResponse};
+use crate::api::yandex::grpc::pb::yandex::cloud::endpoint::{
+    ApiEndpoint, ListApiEndpointsResponse,
+};
 use crate::keys::ops::type_names;
 use base64::Engine as _;
 use prost::Message as _;
@@ -134,7 +136,7 @@ pub fn any(a: &prost_types::Any) -> Value {
         | type_names::DELETE_METADATA
         | type_names::UNDELETE_METADATA => {
             // All four are `{ string key_id = 1; }`.
-            crate::api::grpc::pb::kms::CreateAsymmetricSignatureKeyMetadata::decode(
+            crate::api::yandex::grpc::pb::kms::CreateAsymmetricSignatureKeyMetadata::decode(
                 a.value.as_slice(),
             )
             .map(|m| json!({ "keyId": m.key_id }))

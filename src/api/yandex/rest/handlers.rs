@@ -4,17 +4,17 @@
 use super::route::Route;
 use super::{decode, messages, response};
 use crate::api::context;
-use crate::api::grpc::crypto::CryptoService;
-use crate::api::grpc::endpoints::EndpointService;
-use crate::api::grpc::keys::KeyService;
-use crate::api::grpc::operations::OperationsService;
-use crate::api::grpc::pb::kms::{
+use crate::api::yandex::grpc::crypto::CryptoService;
+use crate::api::yandex::grpc::endpoints::EndpointService;
+use crate::api::yandex::grpc::keys::KeyService;
+use crate::api::yandex::grpc::operations::OperationsService;
+use crate::api::yandex::grpc::pb::kms::{
     AsymmetricGetPublicKeyRequest, DeleteAsymmetricSignatureKeyRequest,
     GetAsymmetricSignatureKeyRequest,
 };
-use crate::api::grpc::pb::operation::{CancelOperationRequest, GetOperationRequest};
-use crate::api::grpc::pb::yandex::cloud::endpoint::GetApiEndpointRequest;
-use crate::api::json;
+use crate::api::yandex::grpc::pb::operation::{CancelOperationRequest, GetOperationRequest};
+use crate::api::yandex::grpc::pb::yandex::cloud::endpoint::GetApiEndpointRequest;
+use crate::api::yandex::json;
 use crate::auth::RequestContext;
 use crate::error::Error;
 use axum::body::Body;

@@ -172,9 +172,9 @@ macro_rules! proto_enum {
 }
 
 proto_enum!(
-    crate::api::grpc::pb::kms::AsymmetricSignatureAlgorithm,
-    crate::api::grpc::pb::kms::asymmetric_signature_key::Status,
-    crate::api::grpc::pb::yandex::cloud::access::AccessBindingAction,
+    crate::api::yandex::grpc::pb::kms::AsymmetricSignatureAlgorithm,
+    crate::api::yandex::grpc::pb::kms::asymmetric_signature_key::Status,
+    crate::api::yandex::grpc::pb::yandex::cloud::access::AccessBindingAction,
 );
 
 /// An enum field: the value's name, or its number (unknown numbers are kept, as proto3 does;
@@ -247,7 +247,7 @@ fn snake_case(camel: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::grpc::pb::kms::AsymmetricSignatureAlgorithm;
+    use crate::api::yandex::grpc::pb::kms::AsymmetricSignatureAlgorithm;
     use serde_json::json;
 
     #[test]

@@ -1,14 +1,14 @@
 //! `AsymmetricSignatureCryptoService`: Sign, SignHash, GetPublicKey.
 //!
 //! The `handle_*` methods are the transport-neutral handlers (validation, then the core); the
-//! tonic trait and the REST API (`crate::api::rest`) both call them.
+//! tonic trait and the REST API (`crate::api::yandex::rest`) both call them.
 
 use super::pb::kms::asymmetric_signature_crypto_service_server::AsymmetricSignatureCryptoService;
 use super::pb::kms::{
     AsymmetricGetPublicKeyRequest, AsymmetricGetPublicKeyResponse, AsymmetricSignHashRequest,
     AsymmetricSignHashResponse, AsymmetricSignRequest, AsymmetricSignResponse,
 };
-use crate::api::validate;
+use crate::api::yandex::validate;
 use crate::auth::RequestContext;
 use crate::error::Error;
 use crate::signer::Signer;

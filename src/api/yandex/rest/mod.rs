@@ -7,7 +7,7 @@
 //!   a REST record names the gRPC method its binding maps to, with `protocol: "rest"`;
 //! * the request is decoded into the **generated request message** ([`messages`], with the
 //!   proto3 JSON conventions of [`proto_json`]) and handed to the same transport-neutral
-//!   `handle_*` method the tonic service calls ([`crate::api::grpc`]): validation,
+//!   `handle_*` method the tonic service calls ([`crate::api::yandex::grpc`]): validation,
 //!   authorisation and the core are shared, and so is the one [`crate::error::Error`];
 //! * errors become the Yandex REST error body with the HTTP status of the contract's table
 //!   ([`response`], [`crate::error::http_status`]).
@@ -18,7 +18,7 @@
 //!
 //! Size limit: a body over [`MAX_BODY_BYTES`] is refused with OUT_OF_RANGE (HTTP 400), from its
 //! `Content-Length` when it declares one, before it is read. The limit is the gRPC limit
-//! ([`crate::api::grpc::MAX_REQUEST_BYTES`]) in base64 plus room for the JSON around it, so
+//! ([`crate::api::yandex::grpc::MAX_REQUEST_BYTES`]) in base64 plus room for the JSON around it, so
 //! that the same request is refused for the same reason on both transports.
 
 pub mod decode;
@@ -29,17 +29,17 @@ pub mod proto_json;
 pub mod response;
 pub mod route;
 
-use crate::api::grpc::crypto::CryptoService;
-use crate::api::grpc::endpoints::EndpointService;
-use crate::api::grpc::keys::KeyService;
-use crate::api::grpc::operations::OperationsService;
+use crate::api::yandex::grpc::crypto::CryptoService;
+use crate::api::yandex::grpc::endpoints::EndpointService;
+use crate::api::yandex::grpc::keys::KeyService;
+use crate::api::yandex::grpc::operations::OperationsService;
 use crate::keys::KeyManager;
 use crate::signer::Signer;
 use std::sync::Arc;
 
-/// Largest REST request body accepted, in bytes: [`crate::api::grpc::MAX_REQUEST_BYTES`] as
+/// Largest REST request body accepted, in bytes: [`crate::api::yandex::grpc::MAX_REQUEST_BYTES`] as
 /// base64 (4/3) plus 8 KiB for field names, quotes and whitespace.
-pub const MAX_BODY_BYTES: usize = crate::api::grpc::MAX_REQUEST_BYTES / 3 * 4 + 8 * 1024;
+pub const MAX_BODY_BYTES: usize = crate::api::yandex::grpc::MAX_REQUEST_BYTES / 3 * 4 + 8 * 1024;
 
 /// The REST API as a router (every path; unknown ones get a REST 404). `endpoints` is what
 /// endpoint discovery advertises, as for gRPC.

@@ -3,7 +3,7 @@
 //! Each service's `handle_*` methods are its transport-neutral handlers: they take the
 //! [`RequestContext`], the request message and the deadline, validate, call the core, and
 //! return the one [`crate::error::Error`]. The tonic trait methods only unwrap the request
-//! (`parts`) and call them; the REST API ([`crate::api::rest`]) calls the same methods.
+//! (`parts`) and call them; the REST API ([`crate::api::yandex::rest`]) calls the same methods.
 
 pub mod admin;
 pub mod crypto;

@@ -5,7 +5,7 @@
 
 use super::pb::operation::operation_service_server::OperationService;
 use super::pb::operation::{CancelOperationRequest, GetOperationRequest, Operation};
-use crate::api::key_fields;
+use crate::api::yandex::key_fields;
 use crate::auth::RequestContext;
 use crate::error::Error;
 use crate::keys::KeyManager;
