@@ -2,6 +2,10 @@
 //! load time. Unknown keys are errors. The PIN comes from a file or an environment variable, never
 //! from the command line, and is held as a secret.
 
+pub mod alibaba;
+
+pub use alibaba::AlibabaConfig;
+
 use crate::crypto::Algorithm;
 use secrecy::SecretString;
 use serde::Deserialize;
@@ -52,6 +56,9 @@ pub struct Config {
     /// Per-subject rate limits.
     #[serde(default)]
     pub rate_limit: RateLimitConfig,
+    /// The Alibaba Cloud KMS fronts.
+    #[serde(default)]
+    pub alibaba: AlibabaConfig,
 }
 
 /// `[server]`
