@@ -29,6 +29,50 @@ pub enum Command {
     Keys(KeysArgs),
     /// Measure p11kms against the token it fronts: direct PKCS#11 and gateway in one run.
     Bench(BenchArgs),
+    /// Alibaba Cloud KMS tools.
+    Alibaba(AlibabaArgs),
+}
+
+/// `p11kms alibaba` options.
+#[derive(Debug, clap::Args)]
+pub struct AlibabaArgs {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: AlibabaCommand,
+}
+
+/// `p11kms alibaba` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum AlibabaCommand {
+    /// Client keys (application access points) of the KMS instance API.
+    #[command(name = "client-key", subcommand)]
+    ClientKey(ClientKeyCommand),
+}
+
+/// `p11kms alibaba client-key` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum ClientKeyCommand {
+    /// Make a client key: an RSA-2048 key pair generated in software (a client credential like
+    /// an API token, not an HSM key), a self-signed certificate, and Alibaba's ClientKey file
+    /// `clientKey_KAAP.<uuid>.json` with its password file for the client. Prints the
+    /// `[[alibaba.client_keys]]` config entry; the gateway only ever gets the certificate.
+    Create(ClientKeyCreateArgs),
+}
+
+/// `p11kms alibaba client-key create` options. The password is generated and written to a
+/// file, never taken from or shown on the command line.
+#[derive(Debug, clap::Args)]
+pub struct ClientKeyCreateArgs {
+    /// The subject id the key authenticates as (bind roles to it in [[auth.bindings]]).
+    #[arg(long)]
+    pub subject: String,
+    /// userAccount, serviceAccount or federatedUser.
+    #[arg(long, default_value = "serviceAccount")]
+    pub subject_type: String,
+    /// Directory for the ClientKey file, its password file and the certificate (created if
+    /// missing; existing files are never overwritten).
+    #[arg(long)]
+    pub out: PathBuf,
 }
 
 /// `p11kms keys` options. The bearer token comes from `--token-file` or the `P11KMS_TOKEN`

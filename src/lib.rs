@@ -23,6 +23,7 @@
 //! the registry the signer reads. Replicas in front of one token share everything through the
 //! token: a state nonce tells them when to re-read it. [`client`] is the `p11kms keys` CLI.
 
+pub mod alibaba_client_key;
 pub mod api;
 pub mod app;
 pub mod auth;
