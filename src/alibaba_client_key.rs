@@ -151,17 +151,25 @@ pub fn self_signed_certificate(private: &RsaPrivateKey, id: &str) -> Result<Stri
     use x509_cert::builder::{Builder as _, CertificateBuilder, Profile};
     let fail = |e: &dyn std::fmt::Display| format!("cannot build the certificate: {e}");
     let signer = rsa::pkcs1v15::SigningKey::<Sha256>::new(private.clone());
-    let spki = spki::SubjectPublicKeyInfoOwned::from_key(private.to_public_key())
-        .map_err(|e| fail(&e))?;
+    let spki =
+        spki::SubjectPublicKeyInfoOwned::from_key(private.to_public_key()).map_err(|e| fail(&e))?;
     // A positive 16-byte serial (RFC 5280: at most 20 octets, unpredictable).
     let mut serial = rand::random::<[u8; 16]>();
     serial[0] &= 0x7f;
     serial[0] |= 0x01;
+    let name = x509_cert::name::Name::from_str(&format!("CN={id}")).map_err(|e| fail(&e))?;
+    // A self-signed end-entity certificate (not a CA): digitalSignature, as a TLS client
+    // certificate too (the Go SDK presents it when a server asks for one).
+    let profile = Profile::Leaf {
+        issuer: name.clone(),
+        enable_key_agreement: false,
+        enable_key_encipherment: false,
+    };
     let builder = CertificateBuilder::new(
-        Profile::Root,
+        profile,
         x509_cert::serial_number::SerialNumber::new(&serial).map_err(|e| fail(&e))?,
         x509_cert::time::Validity::from_now(CERTIFICATE_VALIDITY).map_err(|e| fail(&e))?,
-        x509_cert::name::Name::from_str(&format!("CN={id}")).map_err(|e| fail(&e))?,
+        name,
         spki,
         &signer,
     )
@@ -175,7 +183,11 @@ pub fn self_signed_certificate(private: &RsaPrivateKey, id: &str) -> Result<Stri
 }
 
 /// The password-protected PKCS#12 of the key and its certificate.
-fn pkcs12(private: &RsaPrivateKey, certificate_pem: &str, password: &str) -> Result<Vec<u8>, String> {
+fn pkcs12(
+    private: &RsaPrivateKey,
+    certificate_pem: &str,
+    password: &str,
+) -> Result<Vec<u8>, String> {
     use p12_keystore::{Certificate, KeyStore, KeyStoreEntry, PrivateKeyChain};
     let fail = |e: &dyn std::fmt::Display| format!("cannot build the PKCS#12: {e}");
     let (_, certificate_der) =

@@ -52,10 +52,13 @@ pub enum AlibabaCommand {
 /// `p11kms alibaba client-key` subcommands.
 #[derive(Debug, Subcommand)]
 pub enum ClientKeyCommand {
-    /// Make a client key: an RSA-2048 key pair generated in software (a client credential like
-    /// an API token, not an HSM key), a self-signed certificate, and Alibaba's ClientKey file
-    /// `clientKey_KAAP.<uuid>.json` with its password file for the client. Prints the
-    /// `[[alibaba.client_keys]]` config entry; the gateway only ever gets the certificate.
+    /// Make a client key: a credential made in software for one client, not an HSM key.
+    ///
+    /// Generates an RSA-2048 key pair in software and a self-signed certificate, and writes
+    /// Alibaba's ClientKey file `clientKey_KAAP.<uuid>.json` (a password-protected PKCS#12)
+    /// and its random password (`….password`, mode 0600) for the client, and the certificate
+    /// (`….cert.pem`) for the gateway. Prints the `[[alibaba.client_keys]]` config entry. The
+    /// gateway only ever gets the certificate; the private key stays with the client.
     Create(ClientKeyCreateArgs),
 }
 

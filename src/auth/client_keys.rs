@@ -285,10 +285,12 @@ mod tests {
         assert!(e.contains("RSA-1024") && e.contains("2048 to 4096"), "{e}");
 
         let e = parse_public_key_pem("not a key").unwrap_err();
-        assert!(e.contains("no PEM block") && e.contains("BEGIN PUBLIC KEY"), "{e}");
-        let e =
-            parse_public_key_pem("-----BEGIN X509 CRL-----\nAAAA\n-----END X509 CRL-----\n")
-                .unwrap_err();
+        assert!(
+            e.contains("no PEM block") && e.contains("BEGIN PUBLIC KEY"),
+            "{e}"
+        );
+        let e = parse_public_key_pem("-----BEGIN X509 CRL-----\nAAAA\n-----END X509 CRL-----\n")
+            .unwrap_err();
         assert!(e.contains("found only X509 CRL"), "{e}");
         let e = parse_public_key_pem("-----BEGIN PUBLIC KEY-----\n!!!\n-----END PUBLIC KEY-----\n")
             .unwrap_err();

@@ -139,10 +139,89 @@ impl AlibabaConfig {
 mod tests {
     use super::*;
 
+    const ID: &str = "KAAP.0f6e7c8a-1b2c-4d3e-8f9a-0123456789ab";
+
+    /// `[alibaba]` from TOML, validated against `base`.
+    fn load(text: &str, base: &Path) -> Result<AlibabaConfig, String> {
+        let mut config: AlibabaConfig = toml::from_str(text).map_err(|e| e.to_string())?;
+        config.validate(base).map_err(|e| e.to_string())?;
+        Ok(config)
+    }
+
+    fn entry(id: &str, file: &str, subject: &str) -> String {
+        format!(
+            "[[client_keys]]\nid = \"{id}\"\npublic_key_file = \"{file}\"\n\
+             subject_id = \"{subject}\"\nsubject_type = \"serviceAccount\"\n"
+        )
+    }
+
+    #[test]
+    fn client_keys_load_with_their_public_keys() {
+        use rsa::pkcs8::EncodePublicKey as _;
+        let dir = tempfile::tempdir().unwrap();
+        let key = rsa::RsaPrivateKey::new(&mut rsa::rand_core::OsRng, 2048).unwrap();
+        let pem = key
+            .to_public_key()
+            .to_public_key_pem(Default::default())
+            .unwrap();
+        std::fs::write(dir.path().join("app.pem"), pem).unwrap();
+
+        let config = load(&entry(ID, "app.pem", "app"), dir.path()).unwrap();
+        assert_eq!(config.max_raw_message_bytes, DEFAULT_MAX_RAW_MESSAGE_BYTES);
+        let k = &config.client_keys[0];
+        assert_eq!(
+            k.public_key_file,
+            dir.path().join("app.pem"),
+            "relative to the config"
+        );
+        assert_eq!(k.public_key(), &key.to_public_key());
+
+        let err = |text: &str| load(text, dir.path()).unwrap_err();
+        let e = err(&entry("KAAP.123", "app.pem", "app"));
+        assert!(
+            e.contains("client_keys[0]") && e.contains("id must be KAAP.<uuid>"),
+            "{e}"
+        );
+        let twice = format!("{}{}", entry(ID, "app.pem", "a"), entry(ID, "app.pem", "b"));
+        let e = err(&twice);
+        assert!(
+            e.contains("client_keys[1]") && e.contains("listed twice"),
+            "{e}"
+        );
+        let e = err(&entry(ID, "app.pem", ""));
+        assert!(e.contains("subject_id must be 1 to 100"), "{e}");
+        let e = err(&entry(ID, "missing.pem", "app"));
+        assert!(
+            e.contains("public_key_file: cannot read") && e.contains("missing.pem"),
+            "{e}"
+        );
+        std::fs::write(
+            dir.path().join("key.pem"),
+            "-----BEGIN PRIVATE KEY-----\nAA==\n-----END PRIVATE KEY-----\n",
+        )
+        .unwrap();
+        let e = err(&entry(ID, "key.pem", "app"));
+        assert!(e.contains("key.pem: holds a private key"), "{e}");
+        for bad in [0, 1023, MAX_MAX_RAW_MESSAGE_BYTES + 1] {
+            let e = err(&format!("max_raw_message_bytes = {bad}"));
+            assert!(e.contains("alibaba.max_raw_message_bytes"), "{e}");
+        }
+        assert_eq!(
+            load("max_raw_message_bytes = 4096", dir.path())
+                .unwrap()
+                .max_raw_message_bytes,
+            4096
+        );
+    }
+
     #[test]
     fn client_key_ids_are_kaap_uuids() {
-        assert!(is_client_key_id("KAAP.0f6e7c8a-1b2c-4d3e-8f9a-0123456789ab"));
-        assert!(is_client_key_id("KAAP.0F6E7C8A-1B2C-4D3E-8F9A-0123456789AB"));
+        assert!(is_client_key_id(
+            "KAAP.0f6e7c8a-1b2c-4d3e-8f9a-0123456789ab"
+        ));
+        assert!(is_client_key_id(
+            "KAAP.0F6E7C8A-1B2C-4D3E-8F9A-0123456789AB"
+        ));
         for bad in [
             "",
             "KAAP.",

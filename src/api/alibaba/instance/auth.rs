@@ -119,7 +119,8 @@ impl Presented {
             .ok()
             .flatten()
             .ok_or_else(|| InstanceError::invalid_param("Date"))?;
-        let sent = httpdate::parse_http_date(date).map_err(|_| InstanceError::invalid_param("Date"))?;
+        let sent =
+            httpdate::parse_http_date(date).map_err(|_| InstanceError::invalid_param("Date"))?;
         let skew = now
             .duration_since(sent)
             .or_else(|_| sent.duration_since(now))
@@ -276,13 +277,10 @@ fn bearer_signature(value: &str) -> Option<Vec<u8>> {
 
 #[cfg(test)]
 mod tests {
+    use super::super::test_client::{caller, client_string_to_sign, signed, store, KEY_ID};
     use super::*;
-    use crate::auth::client_keys::ClientKey;
-    use crate::auth::AuthMethod;
     use rsa::signature::{SignatureEncoding as _, Signer as _};
-    use std::sync::OnceLock;
 
-    const KEY_ID: &str = "KAAP.0f6e7c8a-1b2c-4d3e-8f9a-0123456789ab";
     /// The recorded Sign (RAW) request of the contract, §3.1 and §6.4.
     const RECORDED_DATE: &str = "Thu, 03 Dec 2026 15:54:43 GMT";
     const RECORDED_BODY: &str = "0a196b65792d687a7a36356631643866387739713661746e6331611a0f5253415f5053535f5348415f323536220b68656c6c6f20776f726c642a03524157";
@@ -297,28 +295,6 @@ mod tests {
         x-kms-apiversion:dkms-gcs-0.2\n\
         x-kms-signaturemethod:RSA_PKCS1_SHA_256\n\
         /";
-
-    fn client_key() -> &'static rsa::RsaPrivateKey {
-        static KEY: OnceLock<rsa::RsaPrivateKey> = OnceLock::new();
-        KEY.get_or_init(|| rsa::RsaPrivateKey::new(&mut rsa::rand_core::OsRng, 2048).unwrap())
-    }
-
-    fn caller() -> Caller {
-        Caller {
-            subject_id: "billing".into(),
-            subject_type: "serviceAccount".into(),
-            method: AuthMethod::ClientKey,
-        }
-    }
-
-    fn store() -> ClientKeyStore {
-        [(
-            KEY_ID.to_string(),
-            ClientKey::new(client_key().to_public_key(), caller()),
-        )]
-        .into_iter()
-        .collect()
-    }
 
     fn recorded_time() -> SystemTime {
         httpdate::parse_http_date(RECORDED_DATE).unwrap()
@@ -346,38 +322,6 @@ mod tests {
             h.append(name, value.parse().unwrap());
         }
         h
-    }
-
-    /// Signs the string to sign of `headers` as the SDK does and adds `authorization`.
-    fn signed(mut headers: HeaderMap) -> HeaderMap {
-        let string_to_sign = client_string_to_sign(&headers);
-        let signature = rsa::pkcs1v15::SigningKey::<Sha256>::new(client_key().clone())
-            .sign(string_to_sign.as_bytes())
-            .to_vec();
-        let bearer = format!(
-            "Bearer {}",
-            base64::engine::general_purpose::STANDARD.encode(signature)
-        );
-        headers.insert("authorization", bearer.parse().unwrap());
-        headers
-    }
-
-    /// The client's recipe (§3.1), written out here independently of [`Presented`].
-    fn client_string_to_sign(h: &HeaderMap) -> String {
-        let get = |n: &str| h.get(n).map_or("", |v| v.to_str().unwrap());
-        let mut kms: Vec<(&str, &str)> = h
-            .iter()
-            .filter(|(n, _)| n.as_str().starts_with("x-kms-"))
-            .map(|(n, v)| (n.as_str(), v.to_str().unwrap().trim()))
-            .collect();
-        kms.sort();
-        let lines: String = kms.iter().map(|(n, v)| format!("{n}:{v}\n")).collect();
-        format!(
-            "POST\n{}\n{}\n{}\n{lines}/",
-            get("content-sha256"),
-            get("content-type"),
-            get("date")
-        )
     }
 
     fn check(headers: &HeaderMap, now: SystemTime) -> Result<Authenticated, InstanceError> {
@@ -568,7 +512,10 @@ mod tests {
         assert_eq!(without("x-kms-apiname"), missing("x-kms-apiname"));
         assert_eq!(
             with("x-kms-apiname", "Sing"),
-            (Code::InvalidApiName, "The ApiName \"Sing\" is invalid.".into())
+            (
+                Code::InvalidApiName,
+                "The ApiName \"Sing\" is invalid.".into()
+            )
         );
         assert_eq!(
             without("x-kms-signaturemethod"),
@@ -582,17 +529,36 @@ mod tests {
             )
         );
         assert_eq!(without("x-kms-acccesskeyid"), missing("x-kms-acccesskeyid"));
-        assert_eq!(with("x-kms-acccesskeyid", " "), missing("x-kms-acccesskeyid"));
+        assert_eq!(
+            with("x-kms-acccesskeyid", " "),
+            missing("x-kms-acccesskeyid")
+        );
         assert_eq!(without("date"), invalid("Date"));
         assert_eq!(with("date", "2026-12-03T15:54:43Z"), invalid("Date"));
         assert_eq!(without("content-sha256"), missing("content-sha256"));
-        assert_eq!(with("content-sha256", "1D508A2B"), invalid("content-sha256"));
+        assert_eq!(
+            with("content-sha256", "1D508A2B"),
+            invalid("content-sha256")
+        );
         assert_eq!(without("authorization"), invalid("Authorization"));
-        for bad in ["Basic abc", "Bearer", "Bearer !!!", "Bearer ", "u42qelGcqJ=="] {
-            assert_eq!(with("authorization", bad), invalid("Authorization"), "{bad}");
+        for bad in [
+            "Basic abc",
+            "Bearer",
+            "Bearer !!!",
+            "Bearer ",
+            "u42qelGcqJ==",
+        ] {
+            assert_eq!(
+                with("authorization", bad),
+                invalid("Authorization"),
+                "{bad}"
+            );
         }
         // Non-ASCII bytes in a signed header.
-        assert_eq!(with("x-kms-apiname", "Sign\u{e9}"), invalid("x-kms-apiname"));
+        assert_eq!(
+            with("x-kms-apiname", "Sign\u{e9}"),
+            invalid("x-kms-apiname")
+        );
         // A signed header sent twice is ambiguous.
         for (name, value) in [
             ("x-kms-acccesskeyid", KEY_ID),

@@ -141,7 +141,8 @@ mod tests {
         let e = declared(limits.max_body_bytes() + 1).unwrap_err();
         assert_eq!(e.code(), Code::InvalidParameter);
         assert!(
-            e.message().contains("over the limit of 17408 bytes (17409 bytes)")
+            e.message()
+                .contains("over the limit of 17408 bytes (17409 bytes)")
                 && e.message().contains("MessageType DIGEST"),
             "{}",
             e.message()
@@ -149,7 +150,11 @@ mod tests {
         assert!(limits.check_declared(&HeaderMap::new()).is_ok());
         assert!(limits.check_raw_message(1024).is_ok());
         let e = limits.check_raw_message(1025).unwrap_err();
-        assert!(e.message().starts_with("Message is 1025 bytes"), "{}", e.message());
+        assert!(
+            e.message().starts_with("Message is 1025 bytes"),
+            "{}",
+            e.message()
+        );
     }
 
     #[tokio::test]
@@ -161,7 +166,11 @@ mod tests {
         let chunks = (0..40).map(|_| Ok::<_, std::io::Error>(Bytes::from(vec![0u8; 1024])));
         let streamed = Body::from_stream(tokio_stream::iter(chunks));
         let e = limits.read(streamed).await.unwrap_err();
-        assert!(e.message().contains("(longer than that)"), "{}", e.message());
+        assert!(
+            e.message().contains("(longer than that)"),
+            "{}",
+            e.message()
+        );
     }
 
     #[test]
@@ -186,11 +195,11 @@ mod tests {
             b
         };
         for bad in [
-            &good[..good.len() - 1],                      // truncated
-            &[0x0a, 0xff, 0xff, 0xff, 0xff, 0x0f][..],    // a 4 GiB length prefix
-            &[0x0a, 0x02, 0xff, 0xfe][..],                // KeyId not UTF-8
-            &[0x22][..],                                  // a tag with no value
-            &[0xff; 11][..],                              // a varint that never ends
+            &good[..good.len() - 1],                   // truncated
+            &[0x0a, 0xff, 0xff, 0xff, 0xff, 0x0f][..], // a 4 GiB length prefix
+            &[0x0a, 0x02, 0xff, 0xfe][..],             // KeyId not UTF-8
+            &[0x22][..],                               // a tag with no value
+            &[0xff; 11][..],                           // a varint that never ends
             &deep_group[..],
         ] {
             let e = decode::<pb::SignRequest>("SignRequest", bad).unwrap_err();

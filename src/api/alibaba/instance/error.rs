@@ -284,12 +284,32 @@ mod tests {
             (Error::InvalidArgument("x".into()), "InvalidParameter", 400),
             (Error::OutOfRange("x".into()), "InvalidParameter", 400),
             (Error::NotFound("x".into()), "Forbidden.KeyNotFound", 404),
-            (Error::FailedPrecondition("x".into()), "Rejected.Disabled", 409),
+            (
+                Error::FailedPrecondition("x".into()),
+                "Rejected.Disabled",
+                409,
+            ),
             (Error::Unauthenticated("x".into()), "SignatureNotMatch", 401),
-            (Error::PermissionDenied("x".into()), "Forbidden.NoPermission", 403),
-            (Error::ResourceExhausted("x".into()), "Rejected.Throttling", 429),
-            (Error::Aborted("x".into()), "Rejected.StateModifiedFailed", 409),
-            (Error::Unimplemented("x".into()), "UnsupportedOperation", 400),
+            (
+                Error::PermissionDenied("x".into()),
+                "Forbidden.NoPermission",
+                403,
+            ),
+            (
+                Error::ResourceExhausted("x".into()),
+                "Rejected.Throttling",
+                429,
+            ),
+            (
+                Error::Aborted("x".into()),
+                "Rejected.StateModifiedFailed",
+                409,
+            ),
+            (
+                Error::Unimplemented("x".into()),
+                "UnsupportedOperation",
+                400,
+            ),
             (
                 Error::DeadlineExceeded("x".into()),
                 "ServiceUnavailableTemporary",
@@ -309,7 +329,10 @@ mod tests {
         for (error, code, status) in cases {
             let grpc = error.code();
             let (got_status, body, outcome) = decoded(from_domain(error).to_response("r")).await;
-            assert_eq!((body.error_code.as_str(), got_status.as_u16()), (code, status));
+            assert_eq!(
+                (body.error_code.as_str(), got_status.as_u16()),
+                (code, status)
+            );
             assert_eq!(body.status_code, i32::from(status));
             assert_eq!(outcome, grpc, "{code}: the audit keeps the domain's code");
             assert!(

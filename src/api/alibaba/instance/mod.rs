@@ -21,6 +21,8 @@ pub mod error;
 pub mod pb;
 pub mod reply;
 pub mod request;
+#[cfg(test)]
+mod test_client;
 
 pub use error::InstanceError;
 

@@ -37,15 +37,15 @@ mod tests {
             response.headers()["x-kms-migrationkeyversionid"],
             "7d6a3b2f-1c4e-4b7a-9f0e-0123456789ab"
         );
-        assert_eq!(
-            response.headers()["content-type"],
-            "application/x-protobuf"
-        );
+        assert_eq!(response.headers()["content-type"], "application/x-protobuf");
         let body = axum::body::to_bytes(response.into_body(), usize::MAX)
             .await
             .unwrap();
         assert_eq!(pb::GetPublicKeyResponse::decode(body).unwrap(), message);
         let random = reply(&pb::GenerateRandomResponse::default(), None);
-        assert!(random.headers().get("x-kms-migrationkeyversionid").is_none());
+        assert!(random
+            .headers()
+            .get("x-kms-migrationkeyversionid")
+            .is_none());
     }
 }
