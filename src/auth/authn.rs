@@ -45,6 +45,8 @@ pub enum AuthMethod {
     Jwt,
     /// A verified mTLS client certificate.
     Mtls,
+    /// An Alibaba instance-API request signed with a client key (`[[alibaba.client_keys]]`).
+    ClientKey,
 }
 
 impl AuthMethod {
@@ -54,6 +56,7 @@ impl AuthMethod {
             AuthMethod::Token => "token",
             AuthMethod::Jwt => "jwt",
             AuthMethod::Mtls => "mtls",
+            AuthMethod::ClientKey => "client_key",
         }
     }
 }

@@ -1,5 +1,5 @@
-//! Identity: who is calling ([`authn`]), what they may do ([`authz`]), the audit trail
-//! ([`audit`]) and per-subject rate limits ([`rate_limit`]).
+//! Identity: who is calling ([`authn`]; Alibaba client keys in [`client_keys`]), what they may
+//! do ([`authz`]), the audit trail ([`audit`]) and per-subject rate limits ([`rate_limit`]).
 //!
 //! The request-context layer (`crate::api::context`) runs in front of every service, for every
 //! transport: it gives each request an id, authenticates it into a [`Caller`] (or leaves it
@@ -11,6 +11,7 @@
 pub mod audit;
 pub mod authn;
 pub mod authz;
+pub mod client_keys;
 pub mod rate_limit;
 
 pub use audit::{AuditFields, AuditLog};

@@ -611,6 +611,7 @@ impl Config {
         self.auth.validate(base)?;
         self.audit.validate(base)?;
         self.rate_limit.validate()?;
+        self.alibaba.validate(base)?;
         let hsm = &mut self.hsm;
         match (&hsm.token_label, &hsm.token_serial) {
             (Some(_), Some(_)) => {
