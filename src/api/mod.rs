@@ -6,6 +6,7 @@
 pub mod alibaba;
 pub mod context;
 pub mod linger;
+pub mod outcome;
 pub mod peer;
 pub mod server;
 pub mod tls;

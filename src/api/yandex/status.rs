@@ -4,24 +4,9 @@
 use crate::error::Error;
 use tonic::{Code, Status};
 
-/// The gRPC code of an error. No wildcard arm: a new variant does not compile until someone
-/// decides its code.
+/// The gRPC code of an error: the canonical code, which Yandex answers with as it is.
 pub fn code(error: &Error) -> Code {
-    match error {
-        Error::InvalidArgument(_) => Code::InvalidArgument,
-        Error::OutOfRange(_) => Code::OutOfRange,
-        Error::NotFound { .. } => Code::NotFound,
-        Error::AlreadyExists(_) => Code::AlreadyExists,
-        Error::FailedPrecondition { .. } => Code::FailedPrecondition,
-        Error::Unauthenticated(_) => Code::Unauthenticated,
-        Error::PermissionDenied(_) => Code::PermissionDenied,
-        Error::ResourceExhausted(_) => Code::ResourceExhausted,
-        Error::DeadlineExceeded(_) => Code::DeadlineExceeded,
-        Error::Aborted(_) => Code::Aborted,
-        Error::Unimplemented(_) => Code::Unimplemented,
-        Error::Unavailable { .. } => Code::Unavailable,
-        Error::Internal { .. } => Code::Internal,
-    }
+    crate::api::outcome::code(error)
 }
 
 /// The status a failed call answers with; logs the cause first.

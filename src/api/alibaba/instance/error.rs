@@ -20,7 +20,7 @@
 //! Domain errors map in one place, [`from_domain`].
 
 use crate::api::context::Outcome;
-use crate::error::Error;
+use crate::error::{Error, Precondition};
 use axum::body::Body;
 use http::{HeaderValue, Response, StatusCode};
 use prost::Message as _;
@@ -52,8 +52,10 @@ pub enum Code {
     ForbiddenNoPermission,
     /// No such key.
     ForbiddenKeyNotFound,
-    /// The key cannot be used now.
+    /// The key is disabled.
     RejectedDisabled,
+    /// The key is pending deletion.
+    RejectedPendingDeletion,
     /// A concurrent change got in the way.
     RejectedStateModifiedFailed,
     /// Too many requests; retry with backoff.
@@ -80,6 +82,7 @@ impl Code {
             Code::ForbiddenNoPermission => "Forbidden.NoPermission",
             Code::ForbiddenKeyNotFound => "Forbidden.KeyNotFound",
             Code::RejectedDisabled => "Rejected.Disabled",
+            Code::RejectedPendingDeletion => "Rejected.PendingDeletion",
             Code::RejectedStateModifiedFailed => "Rejected.StateModifiedFailed",
             Code::RejectedThrottling => "Rejected.Throttling",
             Code::InternalFailure => "InternalFailure",
@@ -100,7 +103,9 @@ impl Code {
             Code::SignatureNotMatch => StatusCode::UNAUTHORIZED,
             Code::ForbiddenNoPermission => StatusCode::FORBIDDEN,
             Code::Unauthorized | Code::ForbiddenKeyNotFound => StatusCode::NOT_FOUND,
-            Code::RejectedDisabled | Code::RejectedStateModifiedFailed => StatusCode::CONFLICT,
+            Code::RejectedDisabled
+            | Code::RejectedPendingDeletion
+            | Code::RejectedStateModifiedFailed => StatusCode::CONFLICT,
             Code::RejectedThrottling => StatusCode::TOO_MANY_REQUESTS,
             Code::InternalFailure => StatusCode::INTERNAL_SERVER_ERROR,
             Code::ServiceUnavailableTemporary => StatusCode::SERVICE_UNAVAILABLE,
@@ -122,7 +127,7 @@ impl Code {
             Code::UnsupportedOperation => G::Unimplemented,
             Code::ForbiddenNoPermission => G::PermissionDenied,
             Code::ForbiddenKeyNotFound => G::NotFound,
-            Code::RejectedDisabled => G::FailedPrecondition,
+            Code::RejectedDisabled | Code::RejectedPendingDeletion => G::FailedPrecondition,
             Code::RejectedStateModifiedFailed => G::Aborted,
             Code::RejectedThrottling => G::ResourceExhausted,
             Code::InternalFailure => G::Internal,
@@ -215,13 +220,22 @@ impl From<Error> for InstanceError {
 /// No wildcard arm: a new domain variant does not compile until its code is decided here.
 pub fn from_domain(error: Error) -> InstanceError {
     error.log();
-    let outcome = error.code();
+    let outcome = crate::api::outcome::code(&error);
     // Display is the client-safe message (sources of Internal/Unavailable are never shown).
     let message = error.to_string();
     let code = match error {
         Error::InvalidArgument(_) | Error::OutOfRange(_) => Code::InvalidParameter,
-        Error::NotFound(_) => Code::ForbiddenKeyNotFound,
-        Error::FailedPrecondition(_) => Code::RejectedDisabled,
+        // The instance API names keys only (by id or alias): every miss is the key's.
+        Error::NotFound { .. } => Code::ForbiddenKeyNotFound,
+        Error::AlreadyExists(_) => Code::InvalidParameter,
+        Error::FailedPrecondition { why, .. } => match why {
+            Precondition::Disabled => Code::RejectedDisabled,
+            Precondition::PendingDeletion => Code::RejectedPendingDeletion,
+            Precondition::Creating | Precondition::State => Code::RejectedStateModifiedFailed,
+            // The key material changed or vanished on the token: only an operator can fix it,
+            // and it is not the caller's request that is wrong.
+            Precondition::Unusable => Code::InternalFailure,
+        },
         Error::Unauthenticated(_) => Code::SignatureNotMatch,
         Error::PermissionDenied(_) => Code::ForbiddenNoPermission,
         Error::ResourceExhausted(_) => Code::RejectedThrottling,
@@ -240,6 +254,7 @@ pub fn from_domain(error: Error) -> InstanceError {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::error::Missing;
 
     async fn decoded(response: Response<Body>) -> (StatusCode, pb::Error, tonic::Code) {
         let status = response.status();
@@ -283,10 +298,19 @@ mod tests {
         let cases = [
             (Error::InvalidArgument("x".into()), "InvalidParameter", 400),
             (Error::OutOfRange("x".into()), "InvalidParameter", 400),
-            (Error::NotFound("x".into()), "Forbidden.KeyNotFound", 404),
             (
-                Error::FailedPrecondition("x".into()),
+                Error::not_found(Missing::Key, "x"),
+                "Forbidden.KeyNotFound",
+                404,
+            ),
+            (
+                Error::precondition(Precondition::Disabled, "x"),
                 "Rejected.Disabled",
+                409,
+            ),
+            (
+                Error::precondition(Precondition::PendingDeletion, "x"),
+                "Rejected.PendingDeletion",
                 409,
             ),
             (Error::Unauthenticated("x".into()), "SignatureNotMatch", 401),
@@ -327,7 +351,7 @@ mod tests {
             ),
         ];
         for (error, code, status) in cases {
-            let grpc = error.code();
+            let grpc = crate::api::outcome::code(&error);
             let (got_status, body, outcome) = decoded(from_domain(error).to_response("r")).await;
             assert_eq!(
                 (body.error_code.as_str(), got_status.as_u16()),
