@@ -3,6 +3,7 @@
 //! owns its wire types and maps them to and from the core's domain types ([`crate::signer`],
 //! [`crate::keys`]) at its edge; nothing below `api/<cloud>/` imports them.
 
+pub mod alibaba;
 pub mod context;
 pub mod linger;
 pub mod peer;
