@@ -441,17 +441,17 @@ mod tests {
             &[ACS3[0], ACS3[1], ("content-length", "10000000")],
         );
         // A body that would never end: refused from the header, so never polled.
-        let endless = Body::from_stream(futures_endless());
+        let endless = Body::from_stream(endless_chunks());
         let (c, _) = code(OpenApiRequest::read(declared, endless).await);
         assert_eq!(c, "ParseRequestParameterException");
-        let chunked = Body::from_stream(futures_endless());
+        let chunked = Body::from_stream(endless_chunks());
         let (c, m) = code(OpenApiRequest::read(parts("POST", "/", ACS3), chunked).await);
         assert_eq!(c, "ParseRequestParameterException");
         assert!(m.contains("at most 131072"), "{m}");
     }
 
     /// 1 KiB chunks forever.
-    fn futures_endless() -> impl tokio_stream::Stream<Item = Result<Bytes, std::io::Error>> {
+    fn endless_chunks() -> impl tokio_stream::Stream<Item = Result<Bytes, std::io::Error>> {
         tokio_stream::iter(std::iter::repeat_with(|| Ok(Bytes::from(vec![b'x'; 1024]))))
     }
 }
