@@ -105,20 +105,24 @@ async fn run(mode: Mode) -> Result<(), Box<dyn std::error::Error>> {
             reload.trigger();
         }
     });
+    // Installed before the ready line: whoever saw it may stop us at once, and must get the
+    // graceful stop, not the default action's kill.
+    let term = signal(SignalKind::terminate())?;
+    let int = signal(SignalKind::interrupt())?;
     // One line on stdout that scripts and tests wait for instead of sleeping.
     if let Some(addr) = app.rest_addr() {
         // Before the ready line, so that whoever waits for that line has this one too.
         println!("p11kms REST listening on {addr}");
     }
     println!("p11kms listening on {}", app.local_addr());
-    app.run(shutdown_signal()).await;
+    app.run(shutdown_signal(term, int)).await;
     Ok(())
 }
 
-async fn shutdown_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler installs");
-    let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler installs");
+async fn shutdown_signal(
+    mut term: tokio::signal::unix::Signal,
+    mut int: tokio::signal::unix::Signal,
+) {
     tokio::select! {
         _ = term.recv() => tracing::info!("SIGTERM received"),
         _ = int.recv() => tracing::info!("SIGINT received"),

@@ -69,7 +69,7 @@ pub struct SubjectRecord {
     /// Subject type.
     #[serde(rename = "type")]
     pub kind: String,
-    /// `token`, `jwt` or `mtls`.
+    /// `token`, `jwt`, `mtls` or `access_key` (an Alibaba AccessKey signature).
     pub method: &'static str,
 }
 

@@ -5,6 +5,7 @@ pub mod digest_info;
 pub mod ecdsa_der;
 mod ecdsa_verify;
 pub mod public_key;
+pub mod rsa_pem;
 mod rsa_verify;
 pub mod scheme;
 
