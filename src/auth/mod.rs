@@ -111,7 +111,7 @@ impl Identity {
         let audit = AuditLog::start(&config.audit)?;
         let identity = Self {
             authn,
-            policy: Arc::new(Policy::from_config(&config.auth)),
+            policy: Arc::new(Policy::from_config(&config.auth)?),
             audit,
             rate: RateLimiter::from_config(&config.rate_limit),
         };

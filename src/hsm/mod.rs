@@ -67,6 +67,18 @@ pub struct KeySpec {
     pub pin_sha256: Option<[u8; 32]>,
 }
 
+impl KeySpec {
+    /// A `[[keys]]` entry of the config.
+    pub fn from_config(key: &crate::config::KeyConfig) -> Self {
+        Self {
+            key_id: key.id.clone(),
+            selector: key.selector(),
+            algorithm: key.algorithm(),
+            pin_sha256: key.pin(),
+        }
+    }
+}
+
 /// A key id and its public key, or why the key cannot be used.
 pub type KeyResolution = (String, Result<PublicKey, HsmError>);
 
