@@ -15,9 +15,7 @@ impl Hsm {
     pub async fn generate_random(&self, len: usize) -> Result<Vec<u8>, HsmError> {
         let len = u32::try_from(len.clamp(1, MAX_RANDOM_BYTES)).expect("at most 1024");
         self.call(Retry::Once, move |session, _| {
-            session
-                .generate_random_vec(len)
-                .context("C_GenerateRandom")
+            session.generate_random_vec(len).context("C_GenerateRandom")
         })
         .await
     }

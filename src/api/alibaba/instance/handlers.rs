@@ -104,7 +104,8 @@ fn input<'a>(
 /// Checks that the Alibaba APIs serve `key` with `scheme`.
 fn servable(key: &KeyEntry, scheme: Option<Scheme>) -> Result<(), InstanceError> {
     let spec = key.algorithm.spec();
-    names::served(&key.id, spec).map_err(|why| InstanceError::new(super::error::Code::UnsupportedOperation, why))?;
+    names::served(&key.id, spec)
+        .map_err(|why| InstanceError::new(super::error::Code::UnsupportedOperation, why))?;
     if let Some(scheme) = scheme {
         names::fits(spec, scheme).map_err(InstanceError::invalid_parameter)?;
     }
@@ -291,12 +292,10 @@ impl Handlers {
             )));
         }
         let caller = ctx.caller()?;
-        if !self
-            .signer
-            .policy()
-            .allowed_somewhere(caller, Action::Sign)
-        {
-            return Err(InstanceError::from(crate::auth::authz::denied(Action::Sign)));
+        if !self.signer.policy().allowed_somewhere(caller, Action::Sign) {
+            return Err(InstanceError::from(crate::auth::authz::denied(
+                Action::Sign,
+            )));
         }
         let len = usize::try_from(req.length).expect("positive");
         let random = self

@@ -53,7 +53,10 @@ impl OpenApiService {
             Err(e) => return e.into_response(&request_id, &host),
         };
         ctx.note(|a| a.action = Some(crate::auth::audit::bounded(req.action())));
-        let who = match self.auth.authenticate(&req, peer.as_ref(), SystemTime::now()) {
+        let who = match self
+            .auth
+            .authenticate(&req, peer.as_ref(), SystemTime::now())
+        {
             Ok(who) => who,
             Err(e) => {
                 let reason: &'static str = match e.code() {

@@ -60,7 +60,10 @@ fn algorithm(call: &Call<'_>) -> Result<Scheme, OpenApiError> {
 }
 
 /// Checks that the Alibaba APIs serve `key` and that `scheme` fits it.
-pub(in crate::api::alibaba) fn servable(key: &KeyEntry, scheme: Option<Scheme>) -> Result<(), OpenApiError> {
+pub(in crate::api::alibaba) fn servable(
+    key: &KeyEntry,
+    scheme: Option<Scheme>,
+) -> Result<(), OpenApiError> {
     let spec = key.algorithm.spec();
     names::served(&key.id, spec).map_err(|why| {
         OpenApiError::new(
@@ -71,7 +74,8 @@ pub(in crate::api::alibaba) fn servable(key: &KeyEntry, scheme: Option<Scheme>) 
         )
     })?;
     if let Some(scheme) = scheme {
-        names::fits(spec, scheme).map_err(|why| OpenApiError::invalid_parameter("Algorithm", why))?;
+        names::fits(spec, scheme)
+            .map_err(|why| OpenApiError::invalid_parameter("Algorithm", why))?;
     }
     Ok(())
 }

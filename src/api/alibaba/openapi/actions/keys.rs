@@ -84,7 +84,12 @@ impl Filter {
             "Creator" => key.created_by.clone(),
             "keyId" | "KeyId" => key.id.clone(),
             "TagKey" => return self.values.iter().any(|v| key.labels.contains_key(v)),
-            "TagValue" => return self.values.iter().any(|v| key.labels.values().any(|l| l == v)),
+            "TagValue" => {
+                return self
+                    .values
+                    .iter()
+                    .any(|v| key.labels.values().any(|l| l == v))
+            }
             _ => return false,
         };
         self.values.contains(&value)
@@ -123,7 +128,11 @@ fn filters(params: &Params) -> Result<Vec<Filter>, OpenApiError> {
         if f.values.is_empty() || f.values.len() > 10 {
             return Err(OpenApiError::invalid_parameter(
                 "Filters",
-                format!("the filter {} has {} values; 1 to 10", f.key, f.values.len()),
+                format!(
+                    "the filter {} has {} values; 1 to 10",
+                    f.key,
+                    f.values.len()
+                ),
             ));
         }
     }

@@ -42,11 +42,12 @@ pub(super) fn labels(tags: &[Tag]) -> Result<BTreeMap<String, String>, OpenApiEr
                 format!("tag {i}: TagKey must be 1 to {MAX_TAG_KEY_CHARS} printable characters"),
             ));
         }
-        if t.value.chars().count() > MAX_TAG_VALUE_CHARS || t.value.chars().any(char::is_control)
-        {
+        if t.value.chars().count() > MAX_TAG_VALUE_CHARS || t.value.chars().any(char::is_control) {
             return Err(OpenApiError::invalid_parameter(
                 "Tags",
-                format!("tag {i}: TagValue must be at most {MAX_TAG_VALUE_CHARS} printable characters"),
+                format!(
+                    "tag {i}: TagValue must be at most {MAX_TAG_VALUE_CHARS} printable characters"
+                ),
             ));
         }
         if t.key.starts_with("acs:") || t.key.starts_with("aliyun") {
@@ -76,9 +77,7 @@ fn only_keys(call: &Call<'_>) -> Result<(), OpenApiError> {
 impl Actions {
     pub(super) async fn tag_resource(&self, call: &Call<'_>) -> Result<Reply, OpenApiError> {
         only_keys(call)?;
-        let tags: Vec<Tag> = call
-            .params
-            .required_json_array("Tags", MAX_TAGS_PER_CALL)?;
+        let tags: Vec<Tag> = call.params.required_json_array("Tags", MAX_TAGS_PER_CALL)?;
         let put = labels(&tags)?;
         let key = self.any_key(call, Action::Update).await?;
         let new = put.keys().filter(|k| !key.labels.contains_key(*k)).count();
