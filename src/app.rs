@@ -4,7 +4,7 @@
 use crate::api::tls::ServerTls;
 use crate::api::yandex::grpc::endpoints::EndpointService;
 use crate::api::yandex::{grpc, rest};
-use crate::api::{context, server};
+use crate::api::{context, grpc_gate, server};
 use crate::auth::Identity;
 use crate::config::Config;
 use crate::config::KeyConfig;
@@ -212,6 +212,7 @@ impl App {
         let endpoints = EndpointService::new(&advertised);
         let (grpc_router, health) =
             grpc::routes(Arc::clone(&signer), Arc::clone(&manager), endpoints.clone());
+        let grpc_router = grpc_gate::apply(grpc_router, grpc::gate_methods());
         let rest_router = rest::routes(Arc::clone(&signer), Arc::clone(&manager), endpoints);
         // By content type on one listener, or one protocol per listener. The context layer
         // goes last, around everything a listener serves.

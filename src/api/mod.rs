@@ -4,6 +4,7 @@
 //! [`crate::keys`]) at its edge; nothing below `api/<cloud>/` imports them.
 
 pub mod context;
+pub mod grpc_gate;
 pub mod linger;
 pub mod peer;
 pub mod server;
