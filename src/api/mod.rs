@@ -3,10 +3,15 @@
 //! owns its wire types and maps them to and from the core's domain types ([`crate::signer`],
 //! [`crate::keys`]) at its edge; nothing below `api/<cloud>/` imports them.
 
+pub mod body_budget;
+pub mod conn_limit;
 pub mod context;
 pub mod grpc_gate;
+pub mod h2_watch;
 pub mod linger;
 pub mod peer;
 pub mod server;
 pub mod tls;
+pub mod transport_audit;
+pub mod transport_log;
 pub mod yandex;
