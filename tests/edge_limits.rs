@@ -86,10 +86,7 @@ async fn stalled_stream(
     conn: &H2Conn,
     path: &str,
     declared: usize,
-) -> Option<(
-    h2::SendStream<Bytes>,
-    tokio::task::JoinHandle<Answer>,
-)> {
+) -> Option<(h2::SendStream<Bytes>, tokio::task::JoinHandle<Answer>)> {
     let (response, mut stream) = conn.open(path, None, &[]).await.ok()?;
     let answer = tokio::spawn(read_answer(response));
     let _ = stream.send_data(length_prefix(0, declared).into(), false);
@@ -232,7 +229,11 @@ async fn an_anonymous_memory_pinning_attack_stays_under_100_mb_and_sign_still_an
         if a.is_finished() {
             let answer = a.await.expect("answer task");
             *codes
-                .entry(answer.code().map_or_else(|| format!("{answer:?}"), |c| c.to_string()))
+                .entry(
+                    answer
+                        .code()
+                        .map_or_else(|| format!("{answer:?}"), |c| c.to_string()),
+                )
                 .or_default() += 1;
         } else {
             a.abort();
@@ -249,7 +250,11 @@ async fn an_anonymous_memory_pinning_attack_stays_under_100_mb_and_sign_still_an
          connections with {H1_HEADER_BYTES} bytes of headers ({h1_stopped} stopped by the server); \
          set up in {set_up:.1?}; RSS {baseline} KiB -> peak {peak} KiB over {HOLD:?}{}; \
          legitimate Sign: {:?} in {sign_took:.1?}",
-        if killed { " (daemon SIGKILLed past 1 GiB)" } else { "" },
+        if killed {
+            " (daemon SIGKILLed past 1 GiB)"
+        } else {
+            ""
+        },
         answer.code()
     );
     assert!(
@@ -306,9 +311,276 @@ async fn http1_and_http2_share_one_header_limit() {
     };
     let small = (status_h1(2_000).await, status_h2(2_000).await);
     let large = (status_h1(20_000).await, status_h2(20_000).await);
-    println!("2 KB header: HTTP/1.1 {}, HTTP/2 {:?}; 20 KB header: HTTP/1.1 {}, HTTP/2 {:?}", small.0, small.1, large.0, large.1);
+    println!(
+        "2 KB header: HTTP/1.1 {}, HTTP/2 {:?}; 20 KB header: HTTP/1.1 {}, HTTP/2 {:?}",
+        small.0, small.1, large.0, large.1
+    );
     assert_eq!(small.0, "200");
     assert_eq!(small.1.code(), Some(0));
     assert_eq!(large.0, "431", "HTTP/1.1 accepted a 20 KB header");
     assert_eq!(large.1, Answer::Http(431), "HTTP/2 and a 20 KB header");
+}
+
+/// A gRPC health check on `conn`: `Ok(code)` or the transport error.
+async fn health_check(conn: &H2Conn) -> Answer {
+    tokio::time::timeout(
+        Duration::from_secs(30),
+        conn.unary(HEALTH_CHECK, None, &[], vec![grpc_frame(&[])]),
+    )
+    .await
+    .unwrap_or_else(|_| Answer::Reset("no answer within 30 s".into()))
+}
+
+/// A connection from `local` that has answered a health check, or why not.
+async fn connected_from(local: IpAddr, daemon: &Daemon) -> Result<H2Conn, String> {
+    let stream = tcp_from(local, daemon.addr())
+        .await
+        .map_err(|e| e.to_string())?;
+    let conn = H2Conn::try_over(stream).await.map_err(|e| e.to_string())?;
+    match health_check(&conn).await {
+        Answer::Grpc { code: 0, .. } => Ok(conn),
+        other => Err(format!("{other:?}")),
+    }
+}
+
+fn ip(last: u8) -> IpAddr {
+    IpAddr::V4(Ipv4Addr::new(127, 0, 0, last))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_are_limited_per_address_and_in_total_with_a_reserve_for_health_checks() {
+    let token = TestToken::dev();
+    token.set_server("max_connections", 4);
+    token.set_server("max_connections_per_ip", 2);
+    token.set_server("health_reserve_connections", 1);
+    let daemon = Daemon::serve(&token, &[]);
+    let admin = daemon.admin_token().to_string();
+
+    // Two from one address; its third is closed at once.
+    let a1 = connected_from(ip(1), &daemon).await.expect("first from .1");
+    let _a2 = connected_from(ip(1), &daemon)
+        .await
+        .expect("second from .1");
+    let a3 = connected_from(ip(1), &daemon).await;
+    assert!(
+        a3.is_err(),
+        "a third connection from one address was served"
+    );
+    // Two more from another: the global limit of 4 is reached.
+    let _b1 = connected_from(ip(2), &daemon).await.expect("first from .2");
+    let _b2 = connected_from(ip(2), &daemon)
+        .await
+        .expect("second from .2");
+    // The reserve: health checks only.
+    let probe = connected_from(ip(3), &daemon)
+        .await
+        .expect("a health check gets through on the reserve");
+    let sign = grpc_frame(
+        &AsymmetricSignRequest {
+            key_id: dev_key_id(P256),
+            message: b"on the reserve".to_vec(),
+        }
+        .encode_to_vec(),
+    );
+    let refused = probe
+        .unary(SIGN, Some(&admin), &[], vec![sign.clone()])
+        .await;
+    let Answer::Grpc { code, message, .. } = &refused else {
+        panic!("a Sign on a reserve connection: {refused:?}");
+    };
+    assert_eq!(*code, 14, "UNAVAILABLE: {refused:?}");
+    assert!(message.contains("max_connections"), "{message}");
+    // Past the reserve, nothing.
+    let full = connected_from(ip(4), &daemon).await;
+    assert!(full.is_err(), "a connection past the reserve was served");
+    let refusals = daemon.stderr_count("connection refused at a limit");
+    println!(
+        "per address 2, total 4, reserve 1: third from .1 -> {:?}; reserve Sign -> {code} {message:?}; \
+         past the reserve -> {:?}; {refusals} 'connection refused at a limit' log lines",
+        a3.err(),
+        full.err()
+    );
+    assert!(refusals >= 2, "{}", daemon.stderr());
+
+    // A closed connection frees its place: .4 gets a full connection once .1 has one fewer.
+    drop(a1);
+    drop(probe);
+    let started = Instant::now();
+    let c = loop {
+        if let Ok(c) = connected_from(ip(4), &daemon).await {
+            break c;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "the freed places were never given out again"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let answer = c.unary(SIGN, Some(&admin), &[], vec![sign]).await;
+    assert_eq!(answer.code(), Some(0), "{answer:?}");
+}
+
+/// Opens a stream on `path` and sends `bytes` of a message that declares more, then stalls.
+async fn partial_body(
+    conn: &H2Conn,
+    path: &str,
+    bearer: Option<&str>,
+    bytes: usize,
+) -> (h2::SendStream<Bytes>, tokio::task::JoinHandle<Answer>) {
+    let (response, mut stream) = conn.open(path, bearer, &[]).await.expect("open a stream");
+    let answer = tokio::spawn(read_answer(response));
+    let mut body = length_prefix(0, bytes + 100);
+    body.extend_from_slice(&ZEROS[..bytes]);
+    let _ = stream.send_data(body.into(), false);
+    (stream, answer)
+}
+
+/// Opens stalled streams until one is answered: the refusal, and how many were held.
+async fn fill_until_refused(
+    conn: &H2Conn,
+    path: &str,
+    bearer: Option<&str>,
+    bytes: usize,
+    held: &mut Vec<h2::SendStream<Bytes>>,
+) -> (Answer, usize) {
+    let started = Instant::now();
+    let mut open: Vec<tokio::task::JoinHandle<Answer>> = Vec::new();
+    loop {
+        if let Some(i) = open.iter().position(tokio::task::JoinHandle::is_finished) {
+            let answer = open.swap_remove(i).await.expect("answer task");
+            for a in open {
+                a.abort();
+            }
+            return (answer, held.len() - 1);
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "{} streams of {bytes} bytes held and none refused",
+            held.len()
+        );
+        let (stream, answer) = tokio::time::timeout(
+            Duration::from_secs(30),
+            partial_body(conn, path, bearer, bytes),
+        )
+        .await
+        .expect("the connection's stream limit was reached and nothing was refused");
+        held.push(stream);
+        open.push(answer);
+        // The attacker's pace: the daemon reads each body as it comes, so that the stream
+        // that passes the budget is refused close to it.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_bodies_past_the_global_budget_are_refused_until_some_finish() {
+    const BUDGET: i64 = 1 << 20;
+    const PIECE: usize = 60_000;
+    let token = TestToken::dev();
+    token.set_server("max_buffered_body_bytes", BUDGET);
+    let daemon = Daemon::serve(&token, &[]);
+    let admin = daemon.admin_token().to_string();
+    let get_public_key =
+        "/yandex.cloud.kms.v1.asymmetricsignature.AsymmetricSignatureCryptoService/GetPublicKey";
+
+    // Without credentials: refused from half the budget.
+    let anonymous = H2Conn::connect(daemon.addr()).await;
+    let mut held = Vec::new();
+    let (refusal, admitted) =
+        fill_until_refused(&anonymous, HEALTH_CHECK, None, PIECE, &mut held).await;
+    println!("anonymous: {admitted} streams of {PIECE} bytes held, then {refusal:?}");
+    let Answer::Grpc {
+        code: 8, message, ..
+    } = &refusal
+    else {
+        panic!("anonymous stream past half the budget: {refusal:?}");
+    };
+    assert!(message.contains("max_buffered_body_bytes"), "{message}");
+    assert!(
+        admitted * PIECE >= (BUDGET / 2) as usize,
+        "refused with only {admitted} streams held"
+    );
+    // With credentials: admitted up to the whole budget.
+    let authenticated = H2Conn::connect(daemon.addr()).await;
+    let mut held_too = Vec::new();
+    let (refusal, more) = fill_until_refused(
+        &authenticated,
+        get_public_key,
+        Some(&admin),
+        PIECE,
+        &mut held_too,
+    )
+    .await;
+    println!("with credentials: {more} more streams held, then {refusal:?}");
+    assert_eq!(refusal.code(), Some(8), "{refusal:?}");
+    // Refused only once the whole budget was held (credentials get past the anonymous half;
+    // how far the anonymous streams alone got depends on how fast the daemon read them).
+    assert!(
+        (admitted + more) * PIECE >= BUDGET as usize,
+        "refused with only {} bytes held",
+        (admitted + more) * PIECE
+    );
+
+    // Finished (here: abandoned) bodies give their bytes back.
+    drop((held, held_too, anonymous, authenticated));
+    let conn = H2Conn::connect(daemon.addr()).await;
+    let sign = grpc_frame(
+        &AsymmetricSignRequest {
+            key_id: dev_key_id(P256),
+            message: b"after the flood".to_vec(),
+        }
+        .encode_to_vec(),
+    );
+    let started = Instant::now();
+    loop {
+        let answer = conn
+            .unary(SIGN, Some(&admin), &[], vec![sign.clone()])
+            .await;
+        if answer.code() == Some(0) {
+            break;
+        }
+        assert_eq!(answer.code(), Some(8), "{answer:?}");
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "the budget was never given back"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_without_credentials_and_health_checks_have_buckets_per_address() {
+    let token = TestToken::dev();
+    // Refills take 1000 s: within the test each bucket holds exactly its burst.
+    token.set_config("rate_limit", "anonymous_per_ip_rps", 0.001);
+    token.set_config("rate_limit", "anonymous_burst", 5);
+    token.set_config("rate_limit", "health_per_ip_rps", 0.001);
+    token.set_config("rate_limit", "health_burst", 8);
+    let daemon = Daemon::serve(&token, &[]);
+    let admin = daemon.admin_token().to_string();
+    let conn = H2Conn::connect(daemon.addr()).await;
+    let mut codes = Vec::new();
+    for _ in 0..10 {
+        let answer = conn
+            .unary(ENDPOINTS_LIST, None, &[], vec![grpc_frame(&[])])
+            .await;
+        codes.push(answer.code());
+    }
+    let mut health = Vec::new();
+    for _ in 0..10 {
+        health.push(health_check(&conn).await.code());
+    }
+    let elsewhere = connected_from(CLIENT, &daemon).await.map(|_| ());
+    let with_credentials = conn
+        .unary(ENDPOINTS_LIST, Some(&admin), &[], vec![grpc_frame(&[])])
+        .await;
+    println!(
+        "anonymous (burst 5): {codes:?}; health (burst 8): {health:?}; another address: \
+         {elsewhere:?}; with credentials: {:?}",
+        with_credentials.code()
+    );
+    assert_eq!(codes, [[Some(0); 5], [Some(8); 5]].concat());
+    assert_eq!(health, [vec![Some(0); 8], vec![Some(8); 2]].concat());
+    assert!(elsewhere.is_ok(), "{elsewhere:?}");
+    assert_eq!(with_credentials.code(), Some(0));
 }

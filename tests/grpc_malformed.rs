@@ -145,7 +145,11 @@ async fn malformed_protobuf_gets_invalid_argument_on_every_grpc_service() {
     {
         let answer = call(&conn, REFLECTION_V1, None, case.chunks).await;
         *tally
-            .entry(answer.code().map_or_else(|| format!("{answer:?}"), |c| c.to_string()))
+            .entry(
+                answer
+                    .code()
+                    .map_or_else(|| format!("{answer:?}"), |c| c.to_string()),
+            )
             .or_default() += 1;
         if answer.code() != Some(INVALID_ARGUMENT) {
             wrong.push(format!("{REFLECTION_V1} {}: {answer:?}", case.name));

@@ -146,9 +146,11 @@ mod tests {
     use bytes::Bytes;
     use http_body_util::BodyExt as _;
 
-    fn chunks(n: usize, size: usize) -> http_body_util::StreamBody<
+    type Chunks = http_body_util::StreamBody<
         tokio_stream::Iter<std::vec::IntoIter<Result<Frame<Bytes>, std::convert::Infallible>>>,
-    > {
+    >;
+
+    fn chunks(n: usize, size: usize) -> Chunks {
         http_body_util::StreamBody::new(tokio_stream::iter(
             (0..n)
                 .map(|_| Ok(Frame::data(Bytes::from(vec![0u8; size]))))

@@ -211,9 +211,15 @@ fn header_list_size<B>(request: &Request<B>) -> usize {
     let uri = request.uri();
     let pseudo = [
         (":method", request.method().as_str().len()),
-        (":path", uri.path_and_query().map_or(1, |p| p.as_str().len())),
+        (
+            ":path",
+            uri.path_and_query().map_or(1, |p| p.as_str().len()),
+        ),
         (":scheme", uri.scheme_str().map_or(4, str::len)),
-        (":authority", uri.authority().map_or(0, |a| a.as_str().len())),
+        (
+            ":authority",
+            uri.authority().map_or(0, |a| a.as_str().len()),
+        ),
     ]
     .iter()
     .map(|(name, len)| name.len() + len + 32)
@@ -372,7 +378,74 @@ impl Drop for Pending {
     }
 }
 
+/// What the layer knows about a request when it decides whether to answer it itself.
+struct Facts<'a> {
+    request: &'a Request<Body>,
+    peer: Option<&'a Peer>,
+    caller: Option<&'a Caller>,
+    authenticated: &'a crate::auth::authn::Authenticated,
+    public: bool,
+    health: bool,
+    header_bytes: usize,
+}
+
 impl Shared {
+    /// Steps 3 and 4 of the module docs: the first refusal that applies, if any.
+    fn refusal(&self, f: &Facts<'_>) -> Option<Refusal> {
+        let rate = &self.identity.rate;
+        let ip = f.peer.map(|p| p.addr.ip());
+        let limited = if f.health {
+            ip.and_then(|ip| rate.check_health(ip).err())
+        } else {
+            let key = match (f.caller, f.peer) {
+                (Some(c), _) => RateKey::Subject(format!("{}:{}", c.subject_type, c.subject_id)),
+                (None, Some(p)) => RateKey::Peer(p.addr.ip()),
+                (None, None) => RateKey::Unknown,
+            };
+            rate.check(&key).err().or_else(|| match (f.caller, ip) {
+                (None, Some(ip)) => rate.check_anonymous(ip).err(),
+                _ => None,
+            })
+        };
+        if let Some(message) = limited {
+            return Some(Refusal::Status(Code::ResourceExhausted, message));
+        }
+        if f.peer.is_some_and(|p| p.health_only) && !f.health {
+            return Some(Refusal::Status(Code::Unavailable, RESERVE_ONLY.to_string()));
+        }
+        if f.header_bytes > self.max_header_list_size {
+            return Some(Refusal::HeadersTooLarge(format!(
+                "the request headers are {} bytes, over this gateway's limit of {} bytes \
+                 (server.max_header_list_size); send fewer or shorter headers (a bearer token \
+                 is at most 16384 bytes)",
+                f.header_bytes, self.max_header_list_size
+            )));
+        }
+        match f.authenticated {
+            Err(_) => {
+                return Some(Refusal::Status(
+                    Code::Unauthenticated,
+                    crate::auth::authn::INVALID_CREDENTIALS.to_string(),
+                ))
+            }
+            Ok(None) if !f.public => {
+                return Some(Refusal::Status(
+                    Code::Unauthenticated,
+                    crate::auth::authn::MISSING_CREDENTIALS.to_string(),
+                ))
+            }
+            Ok(_) => {}
+        }
+        let budget = f.request.extensions().get::<Arc<BodyBudget>>()?;
+        if http_body::Body::is_end_stream(f.request.body()) {
+            return None;
+        }
+        budget
+            .admits(f.caller.is_some())
+            .err()
+            .map(|m| Refusal::Status(Code::ResourceExhausted, m))
+    }
+
     async fn handle<S>(self: Arc<Self>, mut request: Request<Body>, inner: S) -> Response<Body>
     where
         S: Service<Request<Body>, Response = Response<Body>, Error = Infallible>,
@@ -414,62 +487,15 @@ impl Shared {
             subject = caller.as_ref().map_or("", |c| c.subject_id.as_str()),
         );
 
-        let ip = peer.as_ref().map(|p| p.addr.ip());
-        let refused = if health {
-            ip.and_then(|ip| identity.rate.check_health(ip).err())
-        } else {
-            let key = match (&caller, &peer) {
-                (Some(c), _) => RateKey::Subject(format!("{}:{}", c.subject_type, c.subject_id)),
-                (None, Some(p)) => RateKey::Peer(p.addr.ip()),
-                (None, None) => RateKey::Unknown,
-            };
-            identity
-                .rate
-                .check(&key)
-                .err()
-                .or_else(|| match (&caller, ip) {
-                    (None, Some(ip)) => identity.rate.check_anonymous(ip).err(),
-                    _ => None,
-                })
-        };
-        let refused = refused
-            .map(|m| Refusal::Status(Code::ResourceExhausted, m))
-            .or_else(|| {
-                (peer.as_ref().is_some_and(|p| p.health_only) && !health).then(|| {
-                    Refusal::Status(Code::Unavailable, RESERVE_ONLY.to_string())
-                })
-            })
-            .or_else(|| {
-                (header_bytes > self.max_header_list_size).then(|| {
-                    Refusal::HeadersTooLarge(format!(
-                        "the request headers are {header_bytes} bytes, over this gateway's limit \
-                         of {} bytes (server.max_header_list_size); send fewer or shorter \
-                         headers (a bearer token is at most 16384 bytes)",
-                        self.max_header_list_size
-                    ))
-                })
-            })
-            .or_else(|| match &authenticated {
-                Err(_) => Some(Refusal::Status(
-                    Code::Unauthenticated,
-                    crate::auth::authn::INVALID_CREDENTIALS.to_string(),
-                )),
-                Ok(None) if !public => Some(Refusal::Status(
-                    Code::Unauthenticated,
-                    crate::auth::authn::MISSING_CREDENTIALS.to_string(),
-                )),
-                Ok(_) => None,
-            })
-            .or_else(|| {
-                let budget = request.extensions().get::<Arc<BodyBudget>>()?;
-                if http_body::Body::is_end_stream(request.body()) {
-                    return None;
-                }
-                budget
-                    .admits(caller.is_some())
-                    .err()
-                    .map(|m| Refusal::Status(Code::ResourceExhausted, m))
-            });
+        let refused = self.refusal(&Facts {
+            request: &request,
+            peer: peer.as_ref(),
+            caller: caller.as_ref(),
+            authenticated: &authenticated,
+            public,
+            health,
+            header_bytes,
+        });
 
         let mut response = match refused {
             Some(refusal) => {

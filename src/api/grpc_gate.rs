@@ -173,7 +173,12 @@ where
         Box::pin(async move {
             let response = inner.oneshot(request).await?;
             Ok(if streaming {
-                response.map(|body| Body::new(StatusOverride { inner: body, failed }))
+                response.map(|body| {
+                    Body::new(StatusOverride {
+                        inner: body,
+                        failed,
+                    })
+                })
             } else {
                 response
             })
@@ -231,7 +236,8 @@ impl CheckedBody {
         let len = usize::try_from(len).unwrap_or(usize::MAX);
         if len > self.max_message {
             return Err(Status::out_of_range(format!(
-                "the request message is {len} bytes, over this gateway's limit of {} bytes",
+                "the request message is too large: {len} bytes, over this gateway's limit of {} \
+                 bytes",
                 self.max_message
             )));
         }
@@ -239,8 +245,7 @@ impl CheckedBody {
             return Ok(None);
         }
         let frame = self.buf.split_to(FRAME_HEADER + len).freeze();
-        if let Err(e) = DynamicMessage::decode(self.method.input.clone(), &frame[FRAME_HEADER..])
-        {
+        if let Err(e) = DynamicMessage::decode(self.method.input.clone(), &frame[FRAME_HEADER..]) {
             return Err(Status::invalid_argument(format!(
                 "the request is not a valid {} protobuf message: {e}",
                 self.type_name()
@@ -445,7 +450,10 @@ mod tests {
     async fn whole_frames_pass_whatever_the_chunking() {
         let f = frame(&[0x0a, 0x03, b'a', b'b', b'c']);
         let one_byte_chunks: Vec<Vec<u8>> = f.iter().map(|b| vec![*b]).collect();
-        assert_eq!(run(CHECK, one_byte_chunks).await.unwrap(), vec![Bytes::from(f.clone())]);
+        assert_eq!(
+            run(CHECK, one_byte_chunks).await.unwrap(),
+            vec![Bytes::from(f.clone())]
+        );
         let both: Vec<u8> = [f.clone(), f.clone()].concat();
         assert_eq!(run(REFLECT, vec![both]).await.unwrap().len(), 2);
         assert_eq!(run(REFLECT, vec![]).await.unwrap().len(), 0);
@@ -476,9 +484,12 @@ mod tests {
         let err = run(CHECK, vec![big]).await.unwrap_err();
         assert_eq!(err.code(), tonic::Code::OutOfRange, "{err:?}");
         // A bad message on a streaming request is refused too.
-        let err = run(REFLECT, vec![frame(&[0x3a, 0x01, b'*']), frame(&[0xff; 11])])
-            .await
-            .unwrap_err();
+        let err = run(
+            REFLECT,
+            vec![frame(&[0x3a, 0x01, b'*']), frame(&[0xff; 11])],
+        )
+        .await
+        .unwrap_err();
         assert_eq!(err.code(), tonic::Code::InvalidArgument);
     }
 

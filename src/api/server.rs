@@ -432,7 +432,11 @@ fn connection_error(edge: &Edge, peer: &Peer, error: &(dyn std::error::Error + '
     let h2 = std::error::Error::source(e).and_then(|s| s.downcast_ref::<h2::Error>());
     match h2 {
         Some(h2) if h2.is_go_away() && h2.reason() != Some(h2::Reason::NO_ERROR) => {
-            let side = if h2.is_remote() { "sent by the client" } else { "ours" };
+            let side = if h2.is_remote() {
+                "sent by the client"
+            } else {
+                "ours"
+            };
             let reason = h2.reason().map_or_else(String::new, |r| format!("{r:?}"));
             transport_log::note(
                 Event::ProtocolError,

@@ -198,7 +198,10 @@ mod tests {
         for _ in 0..5 {
             limiter.check_health(a).unwrap();
         }
-        assert!(limiter.check_health(a).unwrap_err().contains("health checks"));
+        assert!(limiter
+            .check_health(a)
+            .unwrap_err()
+            .contains("health checks"));
         let off = RateLimiter::from_config(&RateLimitConfig {
             anonymous_per_ip_rps: 0.0,
             health_per_ip_rps: 0.0,

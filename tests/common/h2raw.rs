@@ -122,8 +122,7 @@ impl H2Conn {
     ) -> Result<(h2::client::ResponseFuture, h2::SendStream<Bytes>), String> {
         let request = grpc_request(path, bearer, extra);
         let mut send = self.send.clone().ready().await.map_err(|e| e.to_string())?;
-        send.send_request(request, false)
-            .map_err(|e| e.to_string())
+        send.send_request(request, false).map_err(|e| e.to_string())
     }
 
     /// One call: sends `chunks` (each as one DATA frame, the last with END_STREAM; none: the
@@ -185,7 +184,12 @@ fn grpc_request(path: &str, bearer: Option<&str>, extra: &[(&str, String)]) -> h
 pub async fn read_answer(response: h2::client::ResponseFuture) -> Answer {
     let response = match response.await {
         Ok(r) => r,
-        Err(e) => return Answer::Reset(e.reason().map_or_else(|| e.to_string(), |r| format!("{r:?}"))),
+        Err(e) => {
+            return Answer::Reset(
+                e.reason()
+                    .map_or_else(|| e.to_string(), |r| format!("{r:?}")),
+            )
+        }
     };
     let (head, mut body) = response.into_parts();
     let status_of = |map: &http::HeaderMap| {
@@ -332,13 +336,7 @@ impl RawH2 {
 
     /// Opens `stream` with a gRPC request on `path` (END_STREAM when `end`), splitting the
     /// header block into CONTINUATION frames of 16 KiB.
-    pub async fn headers(
-        &mut self,
-        stream: u32,
-        path: &str,
-        extra: &[(&str, String)],
-        end: bool,
-    ) {
+    pub async fn headers(&mut self, stream: u32, path: &str, extra: &[(&str, String)], end: bool) {
         // :method POST and :scheme http from the static table, the rest literal.
         let mut block = vec![0x83, 0x86];
         hpack_literal(&mut block, ":path", path);
