@@ -3,12 +3,14 @@
 //! owns its wire types and maps them to and from the core's domain types ([`crate::signer`],
 //! [`crate::keys`]) at its edge; nothing below `api/<cloud>/` imports them.
 
+pub mod alibaba;
 pub mod body_budget;
 pub mod conn_limit;
 pub mod context;
 pub mod grpc_gate;
 pub mod h2_watch;
 pub mod linger;
+pub mod outcome;
 pub mod peer;
 pub mod server;
 pub mod tls;

@@ -49,6 +49,8 @@ impl TransportAudit {
             algorithm: None,
             message_sha256: None,
             digest_sha256: None,
+            alias: None,
+            version_id: None,
             transport: Some(transport),
             outcome: audit::code_name(outcome),
             latency_ms: 0.0,
