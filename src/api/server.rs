@@ -58,15 +58,23 @@ use super::h2_watch::{FrameScanner, Sent};
 use super::linger::{LingeringBody, LingeringClose};
 use super::peer::Peer;
 use super::tls::{self, ServerTls};
-use super::transport_audit::TransportAudit;
+use super::transport_audit::{self, H2Refusals, TransportAudit};
 use super::transport_log::{self, Event};
 use crate::config::{ServerConfig, DEFAULT_HANDSHAKE_TIMEOUT_MS};
-use tonic::Code;
 
 /// The HTTP/2 connection preface.
 const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 /// The transport's own header ceiling, as a multiple of `server.max_header_list_size`.
 const HARD_HEADER_FACTOR: u32 = 4;
+/// HTTP/2 flow control: what a client may send on one stream before p11kms has read it. Twice
+/// the largest request (64 KiB gRPC, ~93 KiB REST) arrives in one round trip; hyper's default
+/// (1 MiB) would let a stalled stream park that much unread.
+const STREAM_WINDOW: u32 = 128 * 1024;
+/// The same over a whole connection: the most unread request data one connection can hold.
+const CONNECTION_WINDOW: u32 = 1024 * 1024;
+/// Response bytes buffered per stream for a client that does not read them (hyper's default,
+/// 400 KB, times 128 streams would be 50 MB per connection); our answers are small.
+const MAX_SEND_BUF: usize = 64 * 1024;
 
 /// Listener limits (`[server]` and `[server.tls]` in the config).
 #[derive(Clone, Debug)]
@@ -185,6 +193,9 @@ pub async fn serve(
         .timer(TokioTimer::new())
         .max_concurrent_streams(limits.max_concurrent_streams)
         .max_header_list_size(limits.hard_header_list_size)
+        .initial_stream_window_size(STREAM_WINDOW)
+        .initial_connection_window_size(CONNECTION_WINDOW)
+        .max_send_buf_size(MAX_SEND_BUF)
         .max_pending_accept_reset_streams(Some(limits.max_pending_accept_reset_streams))
         .max_local_error_reset_streams(Some(limits.max_local_error_reset_streams))
         .keep_alive_interval(limits.keepalive_interval)
@@ -336,7 +347,7 @@ where
         started: Arc::clone(&started),
         sent: None,
         refusals: Vec::new(),
-        report: Refusals {
+        report: H2Refusals {
             audit: Arc::clone(&shared.edge.audit),
             peer: peer.clone(),
             max_streams: shared.limits.max_concurrent_streams,
@@ -372,7 +383,7 @@ where
         tokio::select! {
             result = conn.as_mut() => {
                 if let Err(e) = result {
-                    connection_error(&shared.edge, &peer, &*e);
+                    transport_audit::connection_error(&shared.edge.audit, &peer, &*e);
                 }
                 return;
             }
@@ -402,92 +413,6 @@ where
     }
 }
 
-/// Sorts out how a connection ended with an error: an HTTP/1.1 request head hyper answered
-/// itself (400, 414, 431) is audited; protocol errors and header timeouts are counted; the
-/// rest (a client that went away) is only worth a debug line.
-fn connection_error(edge: &Edge, peer: &Peer, error: &(dyn std::error::Error + 'static)) {
-    let remote = peer.addr;
-    let Some(e) = error.downcast_ref::<hyper::Error>() else {
-        tracing::debug!(%remote, %error, "connection ended with an error");
-        return;
-    };
-    if e.is_parse() && !e.is_parse_version_h2() && !e.is_parse_status() {
-        // hyper wrote the answer before it gave up on the connection.
-        let text = e.to_string();
-        let (status, outcome) = if !e.is_parse_too_large() {
-            (400, Code::InvalidArgument)
-        } else if text.contains("uri") {
-            (414, Code::InvalidArgument)
-        } else {
-            (431, Code::ResourceExhausted)
-        };
-        edge.audit
-            .answered(peer, "http1", format!("HTTP/1.1 {status}: {text}"), outcome);
-        return;
-    }
-    if e.is_timeout() {
-        transport_log::note(Event::HeaderTimeout, remote, e);
-        return;
-    }
-    let h2 = std::error::Error::source(e).and_then(|s| s.downcast_ref::<h2::Error>());
-    match h2 {
-        Some(h2) if h2.is_go_away() && h2.reason() != Some(h2::Reason::NO_ERROR) => {
-            let side = if h2.is_remote() {
-                "sent by the client"
-            } else {
-                "ours"
-            };
-            let reason = h2.reason().map_or_else(String::new, |r| format!("{r:?}"));
-            transport_log::note(
-                Event::ProtocolError,
-                remote,
-                &format_args!("HTTP/2 GOAWAY {reason} ({side}): {h2}"),
-            );
-        }
-        _ => tracing::debug!(%remote, error = %e, "connection ended with an error"),
-    }
-}
-
-/// Where the frame scanner's findings go: audit records for the refused streams, a counted
-/// log line for stream protocol errors.
-struct Refusals {
-    audit: Arc<TransportAudit>,
-    peer: Peer,
-    max_streams: u32,
-    hard_headers: u32,
-}
-
-impl Refusals {
-    fn report(&self, sent: Sent) {
-        match sent {
-            Sent::RefusedStream(stream) => self.audit.answered(
-                &self.peer,
-                "http2",
-                format!(
-                    "HTTP/2 REFUSED_STREAM on stream {stream}: over server.max_concurrent_streams ({})",
-                    self.max_streams
-                ),
-                // What a gRPC client reports for a refused stream; it may retry at once.
-                Code::Unavailable,
-            ),
-            Sent::HeadersTooLarge(stream) => self.audit.answered(
-                &self.peer,
-                "http2",
-                format!(
-                    "HTTP/2 431 on stream {stream}: header list over the HTTP/2 layer's ceiling of {} bytes",
-                    self.hard_headers
-                ),
-                Code::ResourceExhausted,
-            ),
-            Sent::StreamProtocolError(stream) => transport_log::note(
-                Event::StreamProtocolError,
-                self.peer.addr,
-                &format_args!("HTTP/2 RST_STREAM PROTOCOL_ERROR on stream {stream}"),
-            ),
-        }
-    }
-}
-
 /// `age` ±10%, so that connections opened in a burst do not all reconnect in one.
 fn jittered(age: Duration) -> Duration {
     age.mul_f64(rand::random_range(0.9..=1.1))
@@ -505,7 +430,7 @@ struct SetupWatch<S> {
     /// Set once the connection is known to be HTTP/2.
     sent: Option<FrameScanner>,
     refusals: Vec<Sent>,
-    report: Refusals,
+    report: H2Refusals,
 }
 
 impl<S> SetupWatch<S> {
