@@ -8,7 +8,6 @@ use crate::api::yandex::{grpc, rest};
 use crate::api::{context, grpc_gate, server};
 use crate::auth::Identity;
 use crate::config::Config;
-use crate::config::KeyConfig;
 use crate::hsm::{Hsm, HsmError, KeySpec};
 use crate::keys::manager::KeyRules;
 use crate::keys::{KeyEntry, KeyManager, KeyRegistry};
@@ -138,7 +137,7 @@ impl App {
     pub async fn build_with_hsm(config: &Config, hsm: Hsm) -> Result<Self, StartError> {
         // First, so that everything built below can subscribe.
         let reload = Reload::default();
-        let specs: Vec<KeySpec> = config.keys.iter().map(KeyConfig::spec).collect();
+        let specs: Vec<KeySpec> = config.keys.iter().map(KeySpec::from_config).collect();
         let resolved = {
             let hsm = hsm.clone();
             tokio::task::spawn_blocking(move || hsm.resolve_keys(&specs))

@@ -7,7 +7,6 @@
 
 use crate::cli::DevArgs;
 use crate::config::Config;
-use crate::config::KeyConfig;
 use crate::crypto::Algorithm;
 use crate::hsm::{self, Hsm, HsmError, KeySpec};
 use secrecy::SecretString;
@@ -243,7 +242,7 @@ pub async fn provision(state: &DevState) -> Result<(Config, Hsm), DevError> {
     .await
     .map_err(|e| DevError(e.to_string()))??;
 
-    let specs: Vec<KeySpec> = config.keys.iter().map(KeyConfig::spec).collect();
+    let specs: Vec<KeySpec> = config.keys.iter().map(KeySpec::from_config).collect();
     let resolved = {
         let hsm = hsm.clone();
         tokio::task::spawn_blocking(move || hsm.resolve_keys(&specs))

@@ -55,6 +55,10 @@ pub struct AuditFields {
     pub alias: Option<String>,
     /// The key version used or named.
     pub version_id: Option<String>,
+    /// The action of a front whose requests name it (Alibaba's `Action`, `x-kms-apiname`).
+    pub action: Option<String>,
+    /// Why a front that authenticates requests itself refused the credentials.
+    pub authentication_failure: Option<&'static str>,
 }
 
 /// Keeps a client-chosen string bounded in the record.

@@ -6,4 +6,5 @@
 //! error codes at its edge; below it there are only the core's domain types.
 
 pub mod instance;
+pub mod names;
 pub mod openapi;

@@ -231,7 +231,9 @@ pub fn from_domain(error: Error) -> InstanceError {
         Error::FailedPrecondition { why, .. } => match why {
             Precondition::Disabled => Code::RejectedDisabled,
             Precondition::PendingDeletion => Code::RejectedPendingDeletion,
-            Precondition::Creating | Precondition::State => Code::RejectedStateModifiedFailed,
+            Precondition::Creating | Precondition::State | Precondition::Limit => {
+                Code::RejectedStateModifiedFailed
+            }
             // The key material changed or vanished on the token: only an operator can fix it,
             // and it is not the caller's request that is wrong.
             Precondition::Unusable => Code::InternalFailure,

@@ -295,6 +295,7 @@ impl OpenApiError {
                 Precondition::Creating | Precondition::State => {
                     ("Rejected.StateModifiedFailed", StatusCode::CONFLICT)
                 }
+                Precondition::Limit => ("Rejected.LimitExceeded", StatusCode::BAD_REQUEST),
                 // The key material changed or vanished on the token: only an operator can fix
                 // it, and it is not the caller's request that is wrong.
                 Precondition::Unusable => ("InternalFailure", StatusCode::INTERNAL_SERVER_ERROR),

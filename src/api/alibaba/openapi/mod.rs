@@ -14,6 +14,7 @@
 //!    answers with a [`reply::Reply`], or an [`error::OpenApiError`]; core errors become
 //!    Alibaba codes in one place, [`error::OpenApiError::from_domain`].
 
+pub mod actions;
 pub mod auth;
 pub mod encoding;
 pub mod error;
@@ -21,6 +22,7 @@ pub mod freshness;
 pub mod params;
 pub mod reply;
 pub mod request;
+pub mod service;
 pub mod signature;
 
 pub use auth::{Authenticated, OpenApiAuth, Scheme};
