@@ -2,9 +2,10 @@
 //! shutdown signal.
 
 use crate::api::tls::ServerTls;
+use crate::api::transport_audit::TransportAudit;
 use crate::api::yandex::grpc::endpoints::EndpointService;
 use crate::api::yandex::{grpc, rest};
-use crate::api::{context, server};
+use crate::api::{context, grpc_gate, server};
 use crate::auth::Identity;
 use crate::config::Config;
 use crate::hsm::{Hsm, HsmError, KeySpec};
@@ -76,6 +77,8 @@ pub struct App {
     manager: Arc<KeyManager>,
     health: HealthReporter,
     limits: server::ServerLimits,
+    /// Connection and body limits and the transport's audit records, over both listeners.
+    edge: Arc<server::Edge>,
     tls: Option<Arc<ServerTls>>,
     reload: Reload,
     identity: Arc<Identity>,
@@ -216,10 +219,12 @@ impl App {
         let endpoints = EndpointService::new(&advertised);
         let (grpc_router, health) =
             grpc::routes(Arc::clone(&signer), Arc::clone(&manager), endpoints.clone());
+        let grpc_router = grpc_gate::apply(grpc_router, grpc::gate_methods());
         let rest_router = rest::routes(Arc::clone(&signer), Arc::clone(&manager), endpoints);
         // By content type on one listener, or one protocol per listener. The context layer
         // goes last, around everything a listener serves.
         let serial = hsm.token().serial;
+        let max_header_list_size = config.server.max_header_list_size as usize;
         let (router, rest) = match rest_listener {
             None => (
                 rest::mux::by_content_type(Some(grpc_router), Some(rest_router)),
@@ -227,14 +232,23 @@ impl App {
             ),
             Some(rest_listener) => {
                 let rest = rest::mux::by_content_type(None, Some(rest_router));
-                let rest = context::apply(rest, Arc::clone(&identity), serial.clone());
+                let rest = context::apply(
+                    rest,
+                    Arc::clone(&identity),
+                    serial.clone(),
+                    max_header_list_size,
+                );
                 (
                     rest::mux::by_content_type(Some(grpc_router), None),
                     Some((rest_listener, rest)),
                 )
             }
         };
-        let router = context::apply(router, Arc::clone(&identity), serial);
+        let edge = server::Edge::new(
+            &config.server,
+            TransportAudit::new(Arc::clone(&identity), serial.clone()),
+        );
+        let router = context::apply(router, Arc::clone(&identity), serial, max_header_list_size);
         Ok(Self {
             listener,
             router,
@@ -244,6 +258,7 @@ impl App {
             manager,
             health,
             limits: server::ServerLimits::from_config(&config.server),
+            edge,
             tls,
             reload,
             identity,
@@ -308,6 +323,7 @@ impl App {
                 router,
                 self.limits.clone(),
                 self.tls.clone(),
+                Arc::clone(&self.edge),
                 stop_serving.clone().cancelled_owned(),
             )
         });
@@ -321,6 +337,7 @@ impl App {
                 self.router,
                 self.limits,
                 self.tls,
+                self.edge,
                 stop_serving.clone().cancelled_owned(),
             ),
             async {

@@ -63,6 +63,7 @@
 #![allow(dead_code, unreachable_pub)]
 
 pub mod faultshim;
+pub mod h2raw;
 pub mod jwt;
 pub mod load;
 pub mod pkcs11;
