@@ -30,7 +30,14 @@
 //!
 //! The layer speaks each protocol through [`Protocol`]: how an error it produces is rendered,
 //! and how an outcome code is read off a response. gRPC errors are `tonic::Status` responses;
-//! REST gets the Yandex REST error body.
+//! REST gets the Yandex REST error body; the Alibaba fronts their own error formats.
+//!
+//! The Alibaba fronts authenticate requests themselves (their signatures cover the request, not
+//! a bearer token): for them the layer skips steps 2 and 3 and the credential checks of step 4,
+//! leaves the `authorization` header in place, and the front records its caller in the context
+//! ([`RequestContext::authenticated`]), rate-limits it by subject, and on a failed
+//! authentication draws from the per-IP bucket of requests without a valid credential. Steps 1,
+//! 4 (health reserve, header size, body budget without credentials), 5 and 6 are the same.
 
 use super::body_budget::BodyBudget;
 use super::peer::Peer;
@@ -97,6 +104,10 @@ pub enum Protocol {
     Grpc,
     /// Anything else: the REST/JSON API.
     Rest,
+    /// Alibaba's shared-gateway OpenAPI: `/` with an action (`x-acs-action` or `Action=`).
+    AlibabaOpenApi,
+    /// Alibaba's KMS instance API: `x-kms-apiname`.
+    AlibabaInstance,
 }
 
 /// An outcome a service may put into a response's extensions when the protocol cannot tell
@@ -105,25 +116,38 @@ pub enum Protocol {
 pub struct Outcome(pub Code);
 
 impl Protocol {
-    /// The protocol of `request`.
+    /// The protocol of `request`, from its headers and path (never its body).
     pub fn of<B>(request: &Request<B>) -> Self {
-        let grpc = request
-            .headers()
+        let headers = request.headers();
+        let grpc = headers
             .get(http::header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
             .is_some_and(|v| v.starts_with("application/grpc"));
         if grpc {
-            Protocol::Grpc
-        } else {
-            Protocol::Rest
+            return Protocol::Grpc;
         }
+        if crate::api::alibaba::instance::is_instance_request(headers) {
+            return Protocol::AlibabaInstance;
+        }
+        if request.uri().path() == "/" && crate::api::alibaba::openapi::is_openapi_request(request)
+        {
+            return Protocol::AlibabaOpenApi;
+        }
+        Protocol::Rest
     }
 
     fn name(self) -> &'static str {
         match self {
             Protocol::Grpc => "grpc",
             Protocol::Rest => "rest",
+            Protocol::AlibabaOpenApi => "alibaba-openapi",
+            Protocol::AlibabaInstance => "alibaba-instance",
         }
+    }
+
+    /// Whether the front authenticates requests itself (see the module docs).
+    fn authenticates_itself(self) -> bool {
+        matches!(self, Protocol::AlibabaOpenApi | Protocol::AlibabaInstance)
     }
 
     /// An error answer produced by the layer itself.
@@ -147,6 +171,14 @@ impl Protocol {
                 );
                 r
             }
+            Protocol::AlibabaOpenApi => {
+                crate::api::alibaba::openapi::OpenApiError::from_layer(code, message)
+                    .into_response(request_id, "")
+            }
+            Protocol::AlibabaInstance => {
+                crate::api::alibaba::instance::InstanceError::from_layer(code, message)
+                    .to_response(request_id)
+            }
         };
         response.extensions_mut().insert(Outcome(code));
         response
@@ -164,7 +196,9 @@ impl Protocol {
                 );
                 r
             }
-            Protocol::Rest => self.error(Code::ResourceExhausted, message, request_id),
+            Protocol::Rest | Protocol::AlibabaOpenApi | Protocol::AlibabaInstance => {
+                self.error(Code::ResourceExhausted, message, request_id)
+            }
         };
         *response.status_mut() = http::StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE;
         response
@@ -186,7 +220,9 @@ impl Protocol {
                 None if response.status().is_success() => Code::Ok,
                 None => crate::api::yandex::status::code_of_http(response.status()),
             },
-            Protocol::Rest => crate::api::yandex::status::code_of_http(response.status()),
+            Protocol::Rest | Protocol::AlibabaOpenApi | Protocol::AlibabaInstance => {
+                crate::api::yandex::status::code_of_http(response.status())
+            }
         }
     }
 }
@@ -345,13 +381,18 @@ impl Pending {
                 kind: c.subject_type.clone(),
                 method: c.method.name(),
             }),
-            authentication_failure: self.failure,
+            authentication_failure: f.authentication_failure.or(self.failure),
             peer: self.peer.as_ref().map(|p| p.addr.to_string()),
             tls: self.peer.as_ref().is_some_and(|p| p.tls),
             client_certificate: self.peer.as_ref().and_then(|p| p.client_subject.clone()),
             protocol: self.protocol.name(),
-            // REST requests name the gRPC method they were routed to; others their path.
-            rpc: f.rpc.map_or_else(|| self.rpc.clone(), str::to_string),
+            // REST requests name the gRPC method they were routed to, Alibaba requests their
+            // action; others their path.
+            rpc: f
+                .rpc
+                .map(str::to_string)
+                .or(f.action)
+                .unwrap_or_else(|| self.rpc.clone()),
             event: audit::event_of(f.rpc.unwrap_or(&self.rpc)),
             key_id: f.key_id,
             folder_id: f.folder_id,
@@ -388,6 +429,8 @@ struct Facts<'a> {
     authenticated: &'a crate::auth::authn::Authenticated,
     public: bool,
     health: bool,
+    /// The front authenticates the request itself.
+    delegated: bool,
     header_bytes: usize,
 }
 
@@ -396,7 +439,10 @@ impl Shared {
     fn refusal(&self, f: &Facts<'_>) -> Option<Refusal> {
         let rate = &self.identity.rate;
         let ip = f.peer.map(|p| p.addr.ip());
-        let limited = if f.health {
+        let limited = if f.delegated {
+            // The front rate-limits once it knows the caller (see the module docs).
+            None
+        } else if f.health {
             ip.and_then(|ip| rate.check_health(ip).err())
         } else {
             let key = match (f.caller, f.peer) {
@@ -467,10 +513,17 @@ impl Shared {
 
         let header_bytes = header_list_size(&request);
         let identity = &self.identity;
-        let authenticated = identity
-            .authn
-            .authenticate(request.headers(), peer.as_ref());
-        request.headers_mut().remove(http::header::AUTHORIZATION);
+        let delegated = protocol.authenticates_itself();
+        let authenticated = if delegated {
+            Ok(None)
+        } else {
+            let a = identity
+                .authn
+                .authenticate(request.headers(), peer.as_ref());
+            request.headers_mut().remove(http::header::AUTHORIZATION);
+            a
+        };
+        let public = public || delegated;
         let caller = authenticated.as_ref().ok().cloned().flatten();
         let ctx = RequestContext::new(request_id.clone(), caller.clone());
         let mut pending = Pending {
@@ -496,6 +549,7 @@ impl Shared {
             authenticated: &authenticated,
             public,
             health,
+            delegated,
             header_bytes,
         });
 

@@ -10,6 +10,7 @@ pub mod context;
 pub mod grpc_gate;
 pub mod h2_watch;
 pub mod linger;
+pub mod mux;
 pub mod outcome;
 pub mod peer;
 pub mod server;

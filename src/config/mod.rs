@@ -78,6 +78,10 @@ pub struct ServerConfig {
     /// A separate listener for the REST API; `listen` then serves gRPC only. Default: none,
     /// REST and gRPC share `listen` (told apart by content type). Same TLS and limits.
     pub rest_listen: Option<SocketAddr>,
+    /// A second listener serving everything `listen` serves, over TLS (`[server.tls]`); `listen`
+    /// then stays plaintext and must be a loopback address. Default: none, and `[server.tls]`
+    /// (when set) applies to `listen` itself.
+    pub tls_listen: Option<SocketAddr>,
     /// HTTP/2 streams one connection may have open at once.
     #[serde(default = "default_max_concurrent_streams")]
     pub max_concurrent_streams: u32,
@@ -134,6 +138,7 @@ impl Default for ServerConfig {
             listen: default_listen(),
             shutdown_grace_ms: default_shutdown_grace_ms(),
             advertise_address: None,
+            tls_listen: None,
             rest_listen: None,
             max_concurrent_streams: default_max_concurrent_streams(),
             max_header_list_size: default_max_header_list_size(),
@@ -252,6 +257,27 @@ fn default_watch_interval_ms() -> u64 {
 impl ServerConfig {
     /// Checks the listener settings and resolves the TLS file paths against `base`.
     fn validate(&mut self, base: &Path) -> Result<(), ConfigError> {
+        if let Some(tls_listen) = self.tls_listen {
+            if self.tls.is_none() {
+                return Err(err(format!(
+                    "server.tls_listen: {tls_listen} needs a [server.tls] section (cert_file, \
+                     key_file) for its certificate"
+                )));
+            }
+            if !self.listen.ip().is_loopback() {
+                return Err(err(format!(
+                    "server.listen: {} is not a loopback address, and with server.tls_listen set \
+                     it is plaintext; listen on 127.0.0.1 or [::1], or leave tls_listen out to \
+                     put TLS on listen itself",
+                    self.listen
+                )));
+            }
+            if tls_listen == self.listen && tls_listen.port() != 0 {
+                return Err(err(format!(
+                    "server.tls_listen: {tls_listen} is also server.listen; pick another address"
+                )));
+            }
+        }
         if self.tls.is_none() && !self.listen.ip().is_loopback() {
             return Err(err(format!(
                 "server.listen: {} is not a loopback address, and without server.tls the \
@@ -261,6 +287,12 @@ impl ServerConfig {
             )));
         }
         if let Some(rest) = self.rest_listen {
+            if self.tls_listen.is_some() && !rest.ip().is_loopback() {
+                return Err(err(format!(
+                    "server.rest_listen: {rest} is not a loopback address, and with \
+                     server.tls_listen set it is plaintext; listen on 127.0.0.1 or [::1]"
+                )));
+            }
             if self.tls.is_none() && !rest.ip().is_loopback() {
                 return Err(err(format!(
                     "server.rest_listen: {rest} is not a loopback address, and without \

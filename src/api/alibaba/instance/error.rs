@@ -215,6 +215,21 @@ impl From<Error> for InstanceError {
     }
 }
 
+impl InstanceError {
+    /// An answer the request-context layer gives itself (rate limit, health reserve, header
+    /// size, body budget, audit outage), from its canonical code.
+    pub fn from_layer(code: tonic::Code, message: &str) -> Self {
+        let code = match code {
+            tonic::Code::ResourceExhausted => Code::RejectedThrottling,
+            tonic::Code::Unavailable => Code::ServiceUnavailableTemporary,
+            tonic::Code::InvalidArgument | tonic::Code::OutOfRange => Code::InvalidParameter,
+            tonic::Code::Unauthenticated => Code::SignatureNotMatch,
+            _ => Code::InternalFailure,
+        };
+        Self::new(code, message)
+    }
+}
+
 /// The one mapping of domain errors to instance-API codes; logs the error's cause once.
 ///
 /// No wildcard arm: a new domain variant does not compile until its code is decided here.

@@ -41,6 +41,10 @@ impl InstanceService {
             Err(e) => return InstanceError::from(e).to_response(""),
         };
         let request_id = ctx.request_id().to_string();
+        let peer_ip = request
+            .extensions()
+            .get::<crate::api::peer::Peer>()
+            .map(|p| p.addr.ip());
         if let Some(api) = request
             .headers()
             .get(super::auth::header::API_NAME)
@@ -63,6 +67,12 @@ impl InstanceService {
                     super::error::Code::SignatureNotMatch | super::error::Code::Unauthorized
                 ) {
                     ctx.note(|a| a.authentication_failure = Some("bad_client_key_signature"));
+                }
+                // Requests without a valid credential share the per-address bucket of the
+                // other fronts' anonymous requests.
+                if let Some(Err(why)) = peer_ip.map(|ip| self.identity.rate.check_anonymous(ip)) {
+                    return InstanceError::from(crate::error::Error::ResourceExhausted(why))
+                        .to_response(&request_id);
                 }
                 return e.to_response(&request_id);
             }

@@ -67,6 +67,14 @@ impl OpenApiService {
                     _ => "malformed_credentials",
                 };
                 ctx.note(|a| a.authentication_failure = Some(reason));
+                // Requests without a valid credential share the per-address bucket of the
+                // other fronts' anonymous requests.
+                if let Some(Err(why)) = peer
+                    .as_ref()
+                    .map(|p| self.identity.rate.check_anonymous(p.addr.ip()))
+                {
+                    return OpenApiError::throttling(why).into_response(&request_id, &host);
+                }
                 return e.into_response(&request_id, &host);
             }
         };
