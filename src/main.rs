@@ -98,22 +98,28 @@ async fn run(mode: Mode) -> Result<(), Box<dyn std::error::Error>> {
             reload.trigger();
         }
     });
+    // Before the ready line: whoever started us may stop us as soon as it reads that line, and
+    // SIGTERM's default action would kill the process instead of draining it.
+    let shutdown = shutdown_signal()?;
     // One line on stdout that scripts and tests wait for instead of sleeping.
     if let Some(addr) = app.rest_addr() {
         // Before the ready line, so that whoever waits for that line has this one too.
         println!("p11kms REST listening on {addr}");
     }
     println!("p11kms listening on {}", app.local_addr());
-    app.run(shutdown_signal()).await;
+    app.run(shutdown).await;
     Ok(())
 }
 
-async fn shutdown_signal() {
+/// Installs the SIGTERM and SIGINT handlers now; the future resolves when either arrives.
+fn shutdown_signal() -> std::io::Result<impl std::future::Future<Output = ()>> {
     use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler installs");
-    let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler installs");
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM received"),
-        _ = int.recv() => tracing::info!("SIGINT received"),
-    }
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM received"),
+            _ = int.recv() => tracing::info!("SIGINT received"),
+        }
+    })
 }

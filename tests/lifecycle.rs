@@ -47,6 +47,24 @@ async fn sigint_exits_zero() {
     assert_eq!(status.code(), Some(0), "{}", daemon.describe());
 }
 
+/// Whoever starts the daemon may stop it the moment it reads the ready line: the SIGTERM
+/// handler is in place by then (its default action would kill the process, exit by signal).
+/// The window was narrow, so a few rounds.
+#[test]
+fn sigterm_right_after_the_ready_line_exits_zero() {
+    let token = TestToken::dev();
+    for round in 0..3 {
+        let mut daemon = Daemon::serve(&token, &[]);
+        let status = daemon.sigterm_blocking();
+        assert_eq!(
+            status.code(),
+            Some(0),
+            "round {round}: {status}\n{}",
+            daemon.describe()
+        );
+    }
+}
+
 #[tokio::test]
 async fn sigterm_while_idle_with_open_connections_exits_zero() {
     // Long, so that an exit that waited for it stands out on any machine.
