@@ -19,6 +19,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         prost::Message::encode_to_vec(&descriptors),
     )?;
     tonic_prost_build::configure()
+        // A key resource is packed into operations and compared byte for byte by clients that
+        // poll an operation; a HashMap would encode its labels in a different order each time.
+        .btree_map(".yandex.cloud.kms.v1.asymmetricsignature.AsymmetricSignatureKey.labels")
         .build_server(true)
         .build_client(true)
         .compile_fds(descriptors)?;

@@ -180,7 +180,7 @@ fn fixture(algorithm: Algorithm) -> Fixture {
         }
     };
     public_key
-        .verify_prehash(algorithm, &digest, &signature)
+        .verify_prehash(algorithm.scheme(), &digest, &signature)
         .expect("the fixture signature verifies");
     Fixture {
         algorithm,
@@ -198,7 +198,11 @@ fn verify_after_sign(c: &mut Criterion) {
         group.bench_function(algorithm.name(), |b| {
             b.iter(|| {
                 f.public_key
-                    .verify_prehash(f.algorithm, black_box(&f.digest), black_box(&f.signature))
+                    .verify_prehash(
+                        f.algorithm.scheme(),
+                        black_box(&f.digest),
+                        black_box(&f.signature),
+                    )
                     .unwrap()
             })
         });
@@ -267,10 +271,10 @@ fn status_mapping(c: &mut Criterion) {
     });
     group.bench_function("NotFound", |b| {
         b.iter(|| {
-            tonic::Status::from(Error::NotFound(format!(
-                "asymmetric signature key {} not found",
-                black_box(KEY_ID)
-            )))
+            tonic::Status::from(Error::not_found(
+                p11kms::error::Missing::Key,
+                format!("asymmetric signature key {} not found", black_box(KEY_ID)),
+            ))
         })
     });
     group.bench_function("HsmError::PoolExhausted", |b| {

@@ -9,6 +9,7 @@ use crate::auth::Identity;
 use crate::config::Config;
 use crate::config::KeyConfig;
 use crate::hsm::{Hsm, HsmError, KeySpec};
+use crate::keys::manager::KeyRules;
 use crate::keys::{KeyEntry, KeyManager, KeyRegistry};
 use crate::signer::Signer;
 use std::future::Future;
@@ -162,6 +163,11 @@ impl App {
             Arc::clone(&registry),
             hsm.clone(),
             &config.managed_keys,
+            KeyRules {
+                min_version_interval: std::time::Duration::from_secs(
+                    config.alibaba.min_key_version_interval_secs,
+                ),
+            },
             hsm.pool_capacity(),
             Arc::clone(&identity.policy),
         );
@@ -175,10 +181,9 @@ impl App {
         );
 
         let signer = Arc::new(Signer::new(
-            registry,
+            Arc::clone(&manager),
             hsm.clone(),
             config.signing.verify_ecdsa,
-            Arc::clone(&identity.policy),
         ));
 
         let tls = match &config.server.tls {

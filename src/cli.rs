@@ -29,6 +29,53 @@ pub enum Command {
     Keys(KeysArgs),
     /// Measure p11kms against the token it fronts: direct PKCS#11 and gateway in one run.
     Bench(BenchArgs),
+    /// Alibaba Cloud KMS tools.
+    Alibaba(AlibabaArgs),
+}
+
+/// `p11kms alibaba` options.
+#[derive(Debug, clap::Args)]
+pub struct AlibabaArgs {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: AlibabaCommand,
+}
+
+/// `p11kms alibaba` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum AlibabaCommand {
+    /// Client keys (application access points) of the KMS instance API.
+    #[command(name = "client-key", subcommand)]
+    ClientKey(ClientKeyCommand),
+}
+
+/// `p11kms alibaba client-key` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum ClientKeyCommand {
+    /// Make a client key: a credential made in software for one client, not an HSM key.
+    ///
+    /// Generates an RSA-2048 key pair in software and a self-signed certificate, and writes
+    /// Alibaba's ClientKey file `clientKey_KAAP.<uuid>.json` (a password-protected PKCS#12)
+    /// and its random password (`….password`, mode 0600) for the client, and the certificate
+    /// (`….cert.pem`) for the gateway. Prints the `[[alibaba.client_keys]]` config entry. The
+    /// gateway only ever gets the certificate; the private key stays with the client.
+    Create(ClientKeyCreateArgs),
+}
+
+/// `p11kms alibaba client-key create` options. The password is generated and written to a
+/// file, never taken from or shown on the command line.
+#[derive(Debug, clap::Args)]
+pub struct ClientKeyCreateArgs {
+    /// The subject id the key authenticates as (bind roles to it in [[auth.bindings]]).
+    #[arg(long)]
+    pub subject: String,
+    /// userAccount, serviceAccount or federatedUser.
+    #[arg(long, default_value = "serviceAccount")]
+    pub subject_type: String,
+    /// Directory for the ClientKey file, its password file and the certificate (created if
+    /// missing; existing files are never overwritten).
+    #[arg(long)]
+    pub out: PathBuf,
 }
 
 /// `p11kms keys` options. The bearer token comes from `--token-file` or the `P11KMS_TOKEN`

@@ -18,9 +18,9 @@ use crate::api::yandex::grpc::pb::operation::{operation, GetOperationRequest, Op
 use crate::api::yandex::grpc::pb::p11kms::v1::key_admin_service_client::KeyAdminServiceClient;
 use crate::api::yandex::grpc::pb::p11kms::v1::UndeleteKeyRequest;
 use crate::api::yandex::json;
+use crate::api::yandex::mapping::type_names;
 use crate::cli::{KeysArgs, KeysCommand};
 use crate::crypto::Algorithm;
-use crate::keys::ops::type_names;
 use prost::Message as _;
 use std::collections::HashMap;
 use std::fmt::Write as _;

@@ -1,11 +1,11 @@
-//! The one error type of the request path, and its single mapping to a gRPC status; REST
-//! answers with that status's code and the HTTP status of Yandex's table ([`http_status`]).
+//! The one error type of the request path, for every front. Each front maps it to its own codes
+//! in one place: the Yandex fronts to a gRPC status (`api/yandex/status.rs`, whose HTTP status
+//! table REST answers with), the Alibaba fronts to their codes and HTTP statuses.
 //!
 //! Client-facing messages say what to fix. Token failures reach clients sanitised, as INTERNAL
 //! or UNAVAILABLE; the full cause is logged here, at the edge, once.
 
 use crate::hsm::{ErrorClass, HsmError};
-use tonic::{Code, Status};
 
 type Source = Box<dyn std::error::Error + Send + Sync>;
 
@@ -18,12 +18,26 @@ pub enum Error {
     /// The request is larger than the transport accepts (before any field is looked at).
     #[error("{0}")]
     OutOfRange(String),
-    /// The key does not exist (or was deleted).
+    /// The key, version, alias or operation does not exist (or was deleted).
+    #[error("{message}")]
+    NotFound {
+        /// What is missing.
+        what: Missing,
+        /// For the client.
+        message: String,
+    },
+    /// What the request would create exists already (an alias name).
     #[error("{0}")]
-    NotFound(String),
-    /// The key exists but cannot be used now: inactive, changed on the token, protected.
-    #[error("{0}")]
-    FailedPrecondition(String),
+    AlreadyExists(String),
+    /// The key exists but cannot be used or changed now: disabled, being deleted, changed on
+    /// the token, protected.
+    #[error("{message}")]
+    FailedPrecondition {
+        /// Why.
+        why: Precondition,
+        /// For the client.
+        message: String,
+    },
     /// No or invalid credentials.
     #[error("{0}")]
     Unauthenticated(String),
@@ -62,7 +76,70 @@ pub enum Error {
     },
 }
 
+/// What a NOT_FOUND is about (Alibaba answers each with its own code).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Missing {
+    /// A key.
+    Key,
+    /// A key version.
+    Version,
+    /// An alias.
+    Alias,
+    /// An operation, or anything else.
+    Other,
+}
+
+/// Why a key cannot be used or changed now (Alibaba answers each with its own code).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Precondition {
+    /// The key is INACTIVE (Alibaba: Disabled).
+    Disabled,
+    /// The key is deleted, pending destruction.
+    PendingDeletion,
+    /// The key is still being created.
+    Creating,
+    /// The key's state does not allow the change (not deleted, protected, too many versions…).
+    State,
+    /// The key material is unusable: gone, changed on the token, or unfit for the scheme.
+    Unusable,
+}
+
 impl Error {
+    /// NOT_FOUND about `what`.
+    pub fn not_found(what: Missing, message: impl Into<String>) -> Self {
+        Error::NotFound {
+            what,
+            message: message.into(),
+        }
+    }
+
+    /// FAILED_PRECONDITION because of `why`.
+    pub fn precondition(why: Precondition, message: impl Into<String>) -> Self {
+        Error::FailedPrecondition {
+            why,
+            message: message.into(),
+        }
+    }
+
+    /// The short name of the variant, for logs.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Error::InvalidArgument(_) => "invalid_argument",
+            Error::OutOfRange(_) => "out_of_range",
+            Error::NotFound { .. } => "not_found",
+            Error::AlreadyExists(_) => "already_exists",
+            Error::FailedPrecondition { .. } => "failed_precondition",
+            Error::Unauthenticated(_) => "unauthenticated",
+            Error::PermissionDenied(_) => "permission_denied",
+            Error::ResourceExhausted(_) => "resource_exhausted",
+            Error::DeadlineExceeded(_) => "deadline_exceeded",
+            Error::Aborted(_) => "aborted",
+            Error::Unimplemented(_) => "unimplemented",
+            Error::Unavailable { .. } => "unavailable",
+            Error::Internal { .. } => "internal",
+        }
+    }
+
     /// An INTERNAL error with a logged cause.
     pub fn internal(message: impl Into<String>, source: impl Into<Source>) -> Self {
         Error::Internal {
@@ -76,25 +153,6 @@ impl Error {
         Error::Unavailable {
             message: message.into(),
             source: Some(source.into()),
-        }
-    }
-
-    /// The gRPC code; REST derives its HTTP status from it too. No wildcard arm: a new variant
-    /// does not compile until someone decides its code.
-    pub fn code(&self) -> Code {
-        match self {
-            Error::InvalidArgument(_) => Code::InvalidArgument,
-            Error::OutOfRange(_) => Code::OutOfRange,
-            Error::NotFound(_) => Code::NotFound,
-            Error::FailedPrecondition(_) => Code::FailedPrecondition,
-            Error::Unauthenticated(_) => Code::Unauthenticated,
-            Error::PermissionDenied(_) => Code::PermissionDenied,
-            Error::ResourceExhausted(_) => Code::ResourceExhausted,
-            Error::DeadlineExceeded(_) => Code::DeadlineExceeded,
-            Error::Aborted(_) => Code::Aborted,
-            Error::Unimplemented(_) => Code::Unimplemented,
-            Error::Unavailable { .. } => Code::Unavailable,
-            Error::Internal { .. } => Code::Internal,
         }
     }
 
@@ -112,52 +170,8 @@ impl Error {
             Error::Unavailable { .. } => {
                 tracing::warn!(error = %chain(self), "request failed");
             }
-            _ => tracing::debug!(code = ?self.code(), error = %self, "request refused"),
+            _ => tracing::debug!(kind = self.kind(), error = %self, "request refused"),
         }
-    }
-}
-
-impl From<Error> for Status {
-    fn from(error: Error) -> Self {
-        error.log();
-        Status::new(error.code(), error.to_string())
-    }
-}
-
-/// The HTTP status REST answers a gRPC code with (Yandex's table); the one mapping.
-pub fn http_status(code: Code) -> http::StatusCode {
-    use http::StatusCode as H;
-    match code {
-        Code::Ok => H::OK,
-        Code::Cancelled => H::from_u16(499).expect("499 is a valid status"),
-        Code::InvalidArgument | Code::FailedPrecondition | Code::OutOfRange => H::BAD_REQUEST,
-        Code::DeadlineExceeded => H::GATEWAY_TIMEOUT,
-        Code::NotFound => H::NOT_FOUND,
-        Code::AlreadyExists | Code::Aborted => H::CONFLICT,
-        Code::PermissionDenied => H::FORBIDDEN,
-        Code::ResourceExhausted => H::TOO_MANY_REQUESTS,
-        Code::Unimplemented => H::NOT_IMPLEMENTED,
-        Code::Unavailable => H::SERVICE_UNAVAILABLE,
-        Code::Unauthenticated => H::UNAUTHORIZED,
-        Code::Unknown | Code::Internal | Code::DataLoss => H::INTERNAL_SERVER_ERROR,
-    }
-}
-
-/// The gRPC code an HTTP status stands for, for responses that carry no code of their own.
-pub fn code_of_http(status: http::StatusCode) -> Code {
-    match status.as_u16() {
-        200..=299 => Code::Ok,
-        400 => Code::InvalidArgument,
-        401 => Code::Unauthenticated,
-        403 => Code::PermissionDenied,
-        404 => Code::NotFound,
-        409 => Code::Aborted,
-        429 => Code::ResourceExhausted,
-        499 => Code::Cancelled,
-        501 => Code::Unimplemented,
-        503 => Code::Unavailable,
-        504 => Code::DeadlineExceeded,
-        _ => Code::Internal,
     }
 }
 
@@ -192,12 +206,14 @@ impl From<HsmError> for Error {
                 source: None,
             },
             HsmError::KeyNotResolved(_) => unavailable("the key is being re-resolved; retry", e),
-            HsmError::KeyMissing { key_id, .. } => Error::FailedPrecondition(format!(
-                "key {key_id} cannot be used: its key material is no longer on the token"
-            )),
-            HsmError::Key { key_id, reason } => Error::FailedPrecondition(format!(
-                "key {key_id} cannot be used: {reason}"
-            )),
+            HsmError::KeyMissing { key_id, .. } => Error::precondition(
+                Precondition::Unusable,
+                format!("key {key_id} cannot be used: its key material is no longer on the token"),
+            ),
+            HsmError::Key { key_id, reason } => Error::precondition(
+                Precondition::Unusable,
+                format!("key {key_id} cannot be used: {reason}"),
+            ),
             HsmError::Module { .. } | HsmError::TokenSelection(_) => {
                 unavailable("the HSM is unavailable", e)
             }
@@ -209,8 +225,9 @@ impl From<HsmError> for Error {
                 ErrorClass::Request => {
                     Error::internal("the HSM refused an input the gateway accepted", e)
                 }
-                ErrorClass::KeyConfig => Error::FailedPrecondition(
-                    "the HSM does not allow this key to sign with its algorithm; check the key's attributes and the token's mechanisms".into(),
+                ErrorClass::KeyConfig => Error::precondition(
+                    Precondition::Unusable,
+                    "the HSM does not allow this key to sign with this scheme; check the key's attributes and the token's mechanisms",
                 ),
                 ErrorClass::Busy => Error::ResourceExhausted(
                     "the HSM is out of sessions or memory; retry with backoff".into(),

@@ -21,8 +21,10 @@
 //! `KeyAdminService`) goes from [`api`] to [`keys::KeyManager`], which keeps every key's
 //! metadata in a data object on the token ([`hsm`] owns those objects too) and mirrors it in
 //! the registry the signer reads. Replicas in front of one token share everything through the
-//! token: a state nonce tells them when to re-read it. [`client`] is the `p11kms keys` CLI.
+//! token: a state nonce tells them when to re-read it. [`client`] is the `p11kms keys` CLI;
+//! [`alibaba_client_key`] makes the client keys of Alibaba's KMS instance API.
 
+pub mod alibaba_client_key;
 pub mod api;
 pub mod app;
 pub mod auth;

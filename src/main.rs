@@ -1,7 +1,7 @@
 //! The `p11kms` binary: parse, load, run until SIGTERM or SIGINT.
 
 use clap::Parser;
-use p11kms::cli::{Cli, Command};
+use p11kms::cli::{AlibabaCommand, Cli, ClientKeyCommand, Command};
 use p11kms::{client, dev, telemetry, App, Config};
 use std::process::ExitCode;
 
@@ -14,10 +14,15 @@ const EXIT_NEEDS_OPERATOR: u8 = 78;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    // A client of a running daemon: no HSM, no config.
+    // Clients of a running daemon and offline tools: no HSM, no config.
     let cli = match cli.command {
         Command::Keys(args) => return client::main(args),
         Command::Bench(args) => return p11kms::bench::main(args),
+        Command::Alibaba(args) => match args.command {
+            AlibabaCommand::ClientKey(ClientKeyCommand::Create(args)) => {
+                return p11kms::alibaba_client_key::main(args)
+            }
+        },
         command => Cli { command },
     };
     // Everything that must happen before threads exist (config, environment) happens here.
@@ -28,7 +33,9 @@ fn main() -> ExitCode {
         Command::Dev(args) => dev::prepare(args)
             .map(|state| Mode::Dev(state, args.init_only))
             .map_err(|e| e.to_string()),
-        Command::Keys(_) | Command::Bench(_) => unreachable!("handled above"),
+        Command::Keys(_) | Command::Bench(_) | Command::Alibaba(_) => {
+            unreachable!("handled above")
+        }
     };
     let mode = match prepared {
         Ok(mode) => mode,
@@ -98,28 +105,26 @@ async fn run(mode: Mode) -> Result<(), Box<dyn std::error::Error>> {
             reload.trigger();
         }
     });
-    // Before the ready line: whoever started us may stop us as soon as it reads that line, and
-    // SIGTERM's default action would kill the process instead of draining it.
-    let shutdown = shutdown_signal()?;
+    // Installed before the ready line: whoever saw it may stop us at once, and must get the
+    // graceful stop, not the default action's kill.
+    let term = signal(SignalKind::terminate())?;
+    let int = signal(SignalKind::interrupt())?;
     // One line on stdout that scripts and tests wait for instead of sleeping.
     if let Some(addr) = app.rest_addr() {
         // Before the ready line, so that whoever waits for that line has this one too.
         println!("p11kms REST listening on {addr}");
     }
     println!("p11kms listening on {}", app.local_addr());
-    app.run(shutdown).await;
+    app.run(shutdown_signal(term, int)).await;
     Ok(())
 }
 
-/// Installs the SIGTERM and SIGINT handlers now; the future resolves when either arrives.
-fn shutdown_signal() -> std::io::Result<impl std::future::Future<Output = ()>> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
-    Ok(async move {
-        tokio::select! {
-            _ = term.recv() => tracing::info!("SIGTERM received"),
-            _ = int.recv() => tracing::info!("SIGINT received"),
-        }
-    })
+async fn shutdown_signal(
+    mut term: tokio::signal::unix::Signal,
+    mut int: tokio::signal::unix::Signal,
+) {
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM received"),
+        _ = int.recv() => tracing::info!("SIGINT received"),
+    }
 }

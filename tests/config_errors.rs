@@ -463,3 +463,45 @@ fn the_command_line_has_no_pin_or_token_flag() {
         assert!(!exited.stdout.contains("1234") || exited.stdout.is_empty());
     }
 }
+
+/// `[[alibaba.access_keys]]`: the AccessKey secret comes from a file only its owner can read
+/// (or the environment); a readable file stops start-up naming the entry, and the secret is
+/// never printed, refused or served.
+#[tokio::test]
+async fn alibaba_access_key_secrets_come_from_private_files_and_are_never_printed() {
+    let token = TestToken::dev();
+    let secret = "ak-secret-canary-7f3e9b";
+    let file = token.state_dir().join("ak.secret");
+    std::fs::write(&file, format!("{secret}\n")).unwrap();
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
+    token.edit_config(|t| {
+        let entry: toml::Table = toml::from_str(
+            r#"
+            id = "LTAI5tConfigTest"
+            secret_file = "ak.secret"
+            subject_id = "alibaba-ci"
+            subject_type = "serviceAccount"
+            "#,
+        )
+        .unwrap();
+        let mut alibaba = toml::Table::new();
+        alibaba.insert("access_keys".into(), toml::Value::Array(vec![entry.into()]));
+        t.insert("alibaba".into(), alibaba.into());
+    });
+    refused(
+        &token,
+        &[],
+        &[
+            "alibaba.access_keys[0]",
+            "LTAI5tConfigTest",
+            "ak.secret",
+            "chmod 600",
+        ],
+    )
+    .assert_never_printed(secret);
+
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let mut daemon = Daemon::serve(&token, &[]);
+    assert_eq!(daemon.sigterm().await.code(), Some(0));
+    daemon.assert_never_printed(secret);
+}

@@ -397,10 +397,20 @@ fn reference_config_loads_with_the_real_loader() {
     assert!(config.keys.iter().any(|k| k.status == KeyStatus::Inactive));
 }
 
-/// Names of the settings in `src/config.rs`: every `pub` field of a struct that derives
+/// Names of the settings in `src/config/*.rs`: every `pub` field of a struct that derives
 /// `Deserialize`, except `#[serde(skip)]` ones.
 fn config_setting_names() -> Vec<String> {
-    let source = std::fs::read_to_string(repo().join("src/config.rs")).expect("read config.rs");
+    let mut files: Vec<PathBuf> = std::fs::read_dir(repo().join("src/config"))
+        .expect("read src/config")
+        .map(|e| e.expect("a directory entry").path())
+        .filter(|p| p.extension().is_some_and(|e| e == "rs"))
+        .collect();
+    files.sort();
+    let source: String = files
+        .iter()
+        .map(|f| std::fs::read_to_string(f).expect("read a config module"))
+        .collect::<Vec<_>>()
+        .join("\n");
     let (mut names, mut deserialize, mut in_struct, mut skip) = (Vec::new(), false, false, false);
     for line in source.lines().map(str::trim) {
         if line.starts_with("#[derive(") {
@@ -429,7 +439,7 @@ fn reference_config_documents_every_setting() {
     let names = config_setting_names();
     assert!(
         names.iter().any(|n| n == "pool_size") && names.iter().any(|n| n == "object_id"),
-        "could not read the settings from src/config.rs: {names:?}"
+        "could not read the settings from src/config/: {names:?}"
     );
     let documented = |name: &str| {
         reference.lines().any(|line| {
@@ -446,7 +456,7 @@ fn reference_config_documents_every_setting() {
     let missing: Vec<_> = names.iter().filter(|n| !documented(n)).collect();
     assert!(
         missing.is_empty(),
-        "src/config.rs has settings that deploy/p11kms.toml does not document: {missing:?}; \
+        "src/config/ has settings that deploy/p11kms.toml does not document: {missing:?}; \
          add each with its purpose, default and security consequences"
     );
 }

@@ -180,16 +180,25 @@ async fn every_algorithm_is_generated_on_the_token_sensitive_and_signs() {
         let doc: serde_json::Value =
             serde_json::from_slice(&bytes(&on.metadata, AttributeType::Value))
                 .expect("the metadata is JSON");
-        assert_eq!(doc["schema"], 1);
+        // The change-based document (schema 2, see src/keys/doc.rs): one object after the
+        // create, holding the genesis, one register per field and one ready version.
+        assert_eq!(doc["schema"], 2);
         assert_eq!(doc["key_id"], key.id.as_str());
-        assert_eq!(doc["ck_id"], hex::encode(key.id.as_bytes()));
-        assert_eq!(doc["folder_id"], "folder-every-alg");
-        assert_eq!(doc["status"], "ACTIVE");
-        assert_eq!(doc["algorithm"], algorithm.name());
-        assert!(doc["deleted_at"].is_null());
-        assert_eq!(doc["operations"].as_array().map(Vec::len), Some(1));
+        assert_eq!(doc["genesis"]["folder_id"], "folder-every-alg");
+        assert_eq!(doc["genesis"]["algorithm"], algorithm.name());
+        let status = doc["status"].as_array().expect("the status register");
+        assert_eq!(status.len(), 1);
+        assert_eq!(status[0]["v"], "ACTIVE");
+        assert!(doc.get("deletion").is_none_or(|d| d[0]["v"].is_null()));
+        assert_eq!(doc["operations"].as_object().map(|o| o.len()), Some(1));
+        let versions = doc["versions"].as_object().expect("the versions");
+        assert_eq!(versions.len(), 1);
+        let version = versions.values().next().unwrap();
+        assert_eq!(version["ck_id"], hex::encode(key.id.as_bytes()));
+        assert_eq!(version["label"], key.id.as_str());
+        assert_eq!(version["state"], "ready");
         assert_eq!(
-            doc["spki_sha256"],
+            version["spki_sha256"],
             hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&parsed.spki_der))
         );
     }

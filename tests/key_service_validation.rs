@@ -76,7 +76,7 @@ async fn create_fields_at_their_limits() {
     assert_eq!(key.folder_id, full.folder_id);
     assert_eq!(key.name, full.name);
     assert_eq!(key.description, full.description);
-    assert_eq!(key.labels, full.labels);
+    assert_eq!(key.labels, full.labels.into_iter().collect());
     assert_eq!(c.get(&key.id).await.unwrap(), key);
 
     let cases: Vec<CreateCase> = vec![
@@ -176,7 +176,7 @@ async fn update_list_and_id_fields_at_their_limits() {
         .await
         .expect("every field at its limit");
     assert_eq!(updated.name.len(), 100);
-    assert_eq!(updated.labels, max_labels());
+    assert_eq!(updated.labels, max_labels().into_iter().collect());
     assert!(updated.deletion_protection);
     // Fields outside the mask are ignored, even invalid ones.
     let same = c

@@ -123,7 +123,7 @@ impl Protocol {
                     }],
                 });
                 let mut r = Response::new(Body::from(body.to_string()));
-                *r.status_mut() = crate::error::http_status(code);
+                *r.status_mut() = crate::api::yandex::status::http_status(code);
                 r.headers_mut().insert(
                     http::header::CONTENT_TYPE,
                     HeaderValue::from_static("application/json"),
@@ -146,9 +146,9 @@ impl Protocol {
             Protocol::Grpc => match tonic::Status::from_header_map(response.headers()) {
                 Some(status) => status.code(),
                 None if response.status().is_success() => Code::Ok,
-                None => crate::error::code_of_http(response.status()),
+                None => crate::api::yandex::status::code_of_http(response.status()),
             },
-            Protocol::Rest => crate::error::code_of_http(response.status()),
+            Protocol::Rest => crate::api::yandex::status::code_of_http(response.status()),
         }
     }
 }
@@ -279,6 +279,8 @@ impl Pending {
             algorithm: f.algorithm,
             message_sha256: f.message_sha256,
             digest_sha256: f.digest_sha256,
+            alias: f.alias,
+            version_id: f.version_id,
             outcome: audit::code_name(outcome),
             latency_ms: (self.started.elapsed().as_secs_f64() * 1e6).round() / 1e3,
             token_serial: self.shared.token_serial.clone(),

@@ -3,8 +3,10 @@
 //! owns its wire types and maps them to and from the core's domain types ([`crate::signer`],
 //! [`crate::keys`]) at its edge; nothing below `api/<cloud>/` imports them.
 
+pub mod alibaba;
 pub mod context;
 pub mod linger;
+pub mod outcome;
 pub mod peer;
 pub mod server;
 pub mod tls;

@@ -50,6 +50,10 @@ pub struct AuditFields {
     pub message_sha256: Option<String>,
     /// SignHash: SHA-256 (hex) of the digest as given.
     pub digest_sha256: Option<String>,
+    /// The alias the request named the key by (at most 64 characters kept).
+    pub alias: Option<String>,
+    /// The key version used or named.
+    pub version_id: Option<String>,
 }
 
 /// Keeps a client-chosen string bounded in the record.
@@ -65,7 +69,7 @@ pub struct SubjectRecord {
     /// Subject type.
     #[serde(rename = "type")]
     pub kind: String,
-    /// `token`, `jwt` or `mtls`.
+    /// `token`, `jwt`, `mtls` or `access_key` (an Alibaba AccessKey signature).
     pub method: &'static str,
 }
 
@@ -112,6 +116,12 @@ pub struct Record {
     /// SignHash: SHA-256 (hex) of the digest given.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub digest_sha256: Option<String>,
+    /// The alias the request named the key by.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub alias: Option<String>,
+    /// The key version used or named.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub version_id: Option<String>,
     /// The gRPC code name of the answer, e.g. `OK`, `PERMISSION_DENIED`.
     pub outcome: &'static str,
     /// From arrival to the answer being ready, in milliseconds.
@@ -491,6 +501,8 @@ mod tests {
             algorithm: None,
             message_sha256: None,
             digest_sha256: None,
+            alias: None,
+            version_id: None,
             outcome: "OK",
             latency_ms: 0.5,
             token_serial: "s".into(),

@@ -13,6 +13,7 @@
 //!   error (UNAUTHENTICATED), never anonymous. Failures are counted per peer IP and logged
 //!   without the credential.
 
+use super::failures::FailureCounter;
 use crate::api::peer::Peer;
 use crate::config::{AuthConfig, JwtConfig};
 use http::HeaderMap;
@@ -33,8 +34,6 @@ pub const MISSING_CREDENTIALS: &str =
 pub const INVALID_CREDENTIALS: &str = "the credentials are invalid or have expired";
 /// Longest bearer token considered; longer ones are invalid without being parsed.
 const MAX_TOKEN_LEN: usize = 16 * 1024;
-/// Peers whose failures are counted individually; beyond that, they share one counter.
-const MAX_TRACKED_PEERS: usize = 4096;
 
 /// How a caller proved who it is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -45,6 +44,10 @@ pub enum AuthMethod {
     Jwt,
     /// A verified mTLS client certificate.
     Mtls,
+    /// An Alibaba instance-API request signed with a client key (`[[alibaba.client_keys]]`).
+    ClientKey,
+    /// An Alibaba AccessKey pair: a request signature (OpenAPI ACS3 or RPC v1).
+    AccessKey,
 }
 
 impl AuthMethod {
@@ -54,6 +57,8 @@ impl AuthMethod {
             AuthMethod::Token => "token",
             AuthMethod::Jwt => "jwt",
             AuthMethod::Mtls => "mtls",
+            AuthMethod::ClientKey => "client_key",
+            AuthMethod::AccessKey => "access_key",
         }
     }
 }
@@ -111,7 +116,7 @@ pub struct Authenticator {
     tokens: Vec<StaticToken>,
     mtls: HashMap<String, Caller>,
     jwt: Option<JwtValidator>,
-    failures: Mutex<FailureCounts>,
+    failures: FailureCounter,
 }
 
 impl std::fmt::Debug for Authenticator {
@@ -122,13 +127,6 @@ impl std::fmt::Debug for Authenticator {
             .field("jwt", &self.jwt.is_some())
             .finish_non_exhaustive()
     }
-}
-
-#[derive(Default)]
-struct FailureCounts {
-    by_peer: HashMap<IpAddr, u64>,
-    others: u64,
-    total: u64,
 }
 
 /// What [`Authenticator::authenticate`] found.
@@ -171,7 +169,7 @@ impl Authenticator {
             tokens,
             mtls,
             jwt,
-            failures: Mutex::default(),
+            failures: FailureCounter::default(),
         })
     }
 
@@ -228,35 +226,18 @@ impl Authenticator {
 
     fn count_failure(&self, failure: Failure, peer: Option<&Peer>) {
         let ip = peer.map(|p| p.addr.ip());
-        let (count, total) = {
-            let mut f = self.failures.lock().unwrap_or_else(|p| p.into_inner());
-            f.total += 1;
-            let total = f.total;
-            let count = match ip {
-                Some(ip) if f.by_peer.contains_key(&ip) || f.by_peer.len() < MAX_TRACKED_PEERS => {
-                    let n = f.by_peer.entry(ip).or_default();
-                    *n += 1;
-                    *n
-                }
-                _ => {
-                    f.others += 1;
-                    f.others
-                }
-            };
-            (count, total)
-        };
-        // Every failure up to 10 per peer, then powers of two: an attacker cannot flood the log.
-        if count <= 10 || count.is_power_of_two() {
+        let counted = self.failures.count(ip);
+        if counted.worth_a_warning() {
             tracing::warn!(
                 peer = %ip.map_or_else(|| "unknown".to_string(), |ip| ip.to_string()),
-                failures = count,
-                total_failures = total,
+                failures = counted.peer,
+                total_failures = counted.total,
                 reason = failure.reason(),
                 "authentication failed"
             );
         } else {
             tracing::debug!(
-                failures = count,
+                failures = counted.peer,
                 reason = failure.reason(),
                 "authentication failed"
             );
@@ -265,16 +246,12 @@ impl Authenticator {
 
     /// Failed authentications from `ip` so far.
     pub fn failures_from(&self, ip: IpAddr) -> u64 {
-        let f = self.failures.lock().unwrap_or_else(|p| p.into_inner());
-        f.by_peer.get(&ip).copied().unwrap_or(0)
+        self.failures.from(ip)
     }
 
     /// Failed authentications so far, from anyone.
     pub fn total_failures(&self) -> u64 {
-        self.failures
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .total
+        self.failures.total()
     }
 }
 

@@ -52,6 +52,8 @@ pub enum Action {
     Sign,
     /// GetPublicKey.
     GetPublicKey,
+    /// Verify a signature against a key's public key (Alibaba's AsymmetricVerify and Verify).
+    Verify,
     /// AsymmetricSignatureKeyService.Get.
     Get,
     /// AsymmetricSignatureKeyService.List.
@@ -80,6 +82,7 @@ impl Action {
         match self {
             Action::Sign => "Sign",
             Action::GetPublicKey => "GetPublicKey",
+            Action::Verify => "Verify",
             Action::Get => "Get",
             Action::List => "List",
             Action::ListOperations => "ListOperations",
@@ -131,12 +134,13 @@ impl Role {
                     | A::ListOperations
                     | A::ListAccessBindings
                     | A::GetPublicKey
+                    | A::Verify
                     | A::GetOperation
             )
         };
         match self {
-            Role::Signer => matches!(action, A::Sign | A::GetPublicKey),
-            Role::PublicKeyViewer => action == A::GetPublicKey,
+            Role::Signer => matches!(action, A::Sign | A::GetPublicKey | A::Verify),
+            Role::PublicKeyViewer => matches!(action, A::GetPublicKey | A::Verify),
             Role::Viewer => viewer(action),
             Role::Editor => {
                 viewer(action) || matches!(action, A::Create | A::Update | A::Delete | A::Sign)
@@ -187,7 +191,10 @@ pub fn denied_in_folder(action: Action, folder_id: &str) -> Error {
 }
 
 fn not_found(key_id: &str) -> Error {
-    Error::NotFound(format!("asymmetric signature key {key_id} not found"))
+    Error::not_found(
+        crate::error::Missing::Key,
+        format!("asymmetric signature key {key_id} not found"),
+    )
 }
 
 /// Which entries a key-level action may act on.
@@ -253,11 +260,9 @@ impl Policy {
 
     /// Whether the key's own bindings allow `action`.
     pub fn allowed_by_key_bindings(&self, caller: &Caller, action: Action, key: &KeyEntry) -> bool {
-        key.record.as_ref().is_some_and(|r| {
-            r.access_bindings.iter().any(|b| {
-                subject_matches(&b.subject_id, &b.subject_type, caller)
-                    && Role::parse(&b.role_id).is_some_and(|role| role.allows(action))
-            })
+        key.bindings.iter().any(|b| {
+            subject_matches(&b.subject_id, &b.subject_type, caller)
+                && Role::parse(&b.role_id).is_some_and(|role| role.allows(action))
         })
     }
 

@@ -1,5 +1,6 @@
-//! Identity: who is calling ([`authn`]), what they may do ([`authz`]), the audit trail
-//! ([`audit`]) and per-subject rate limits ([`rate_limit`]).
+//! Identity: who is calling ([`authn`]; Alibaba AccessKey pairs in [`access_keys`] and client
+//! keys in [`client_keys`]), what they may do ([`authz`]), the audit trail ([`audit`]) and
+//! per-subject rate limits ([`rate_limit`]).
 //!
 //! The request-context layer (`crate::api::context`) runs in front of every service, for every
 //! transport: it gives each request an id, authenticates it into a [`Caller`] (or leaves it
@@ -8,9 +9,12 @@
 //! before it touches the HSM and notes what the audit record needs ([`AuditFields`]); the layer
 //! writes the record when the response is ready, before it leaves the process.
 
+pub mod access_keys;
 pub mod audit;
 pub mod authn;
 pub mod authz;
+pub mod client_keys;
+pub mod failures;
 pub mod rate_limit;
 
 pub use audit::{AuditFields, AuditLog};

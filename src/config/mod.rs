@@ -611,6 +611,7 @@ impl Config {
         self.auth.validate(base)?;
         self.audit.validate(base)?;
         self.rate_limit.validate()?;
+        self.alibaba.validate(base)?;
         let hsm = &mut self.hsm;
         match (&hsm.token_label, &hsm.token_serial) {
             (Some(_), Some(_)) => {
@@ -758,6 +759,11 @@ fn read_pin(hsm: &HsmConfig, base: &Path) -> Result<SecretString, ConfigError> {
 }
 
 fn check_pin_file_mode(path: &Path) -> Result<(), ConfigError> {
+    check_secret_file_mode("hsm.pin_file", path)
+}
+
+/// A file holding a secret must be readable by its owner alone; `setting` names it in errors.
+fn check_secret_file_mode(setting: &str, path: &Path) -> Result<(), ConfigError> {
     use std::os::unix::fs::PermissionsExt;
     // systemd's credentials directory is readable by this service alone, whatever mode bits
     // (group-readable with an ACL, on some versions) the files in it show.
@@ -767,11 +773,11 @@ fn check_pin_file_mode(path: &Path) -> Result<(), ConfigError> {
         }
     }
     let meta = std::fs::metadata(path)
-        .map_err(|e| err(format!("hsm.pin_file: cannot read {}: {e}", path.display())))?;
+        .map_err(|e| err(format!("{setting}: cannot read {}: {e}", path.display())))?;
     let mode = meta.permissions().mode() & 0o777;
     if mode & 0o077 != 0 {
         return Err(err(format!(
-            "hsm.pin_file: {} is readable by group or others (mode {mode:o}); run chmod 600 on it",
+            "{setting}: {} is readable by group or others (mode {mode:o}); run chmod 600 on it",
             path.display()
         )));
     }

@@ -1,5 +1,6 @@
 //! The 13 Yandex `AsymmetricSignatureAlgorithm` values and what each one means for keys and hashes.
 
+use super::scheme::{KeySpec, Scheme};
 use std::fmt;
 
 /// Hash function of an algorithm; `Sign` hashes in software with it, `SignHash` expects its length.
@@ -230,6 +231,41 @@ impl Algorithm {
     /// True for the RSA-PSS algorithms.
     pub const fn is_rsa(self) -> bool {
         matches!(self.key_kind(), KeyKind::Rsa { .. })
+    }
+
+    /// The scheme this algorithm signs with.
+    pub const fn scheme(self) -> Scheme {
+        match self.key_kind() {
+            KeyKind::Rsa { .. } => Scheme::RsaPss(self.hash()),
+            KeyKind::Ec(_) => Scheme::Ecdsa(self.hash()),
+        }
+    }
+
+    /// The key spec this algorithm needs.
+    pub fn spec(self) -> KeySpec {
+        KeySpec::of(self.key_kind()).expect("every algorithm's key kind is a spec")
+    }
+
+    /// The algorithm that signs with `scheme` on a key of `spec`, if there is one.
+    pub fn of(spec: KeySpec, scheme: Scheme) -> Option<Self> {
+        Self::ALL
+            .into_iter()
+            .find(|a| a.spec() == spec && a.scheme() == scheme)
+    }
+
+    /// The algorithm a key of `spec` signs with when no scheme is named: PSS with SHA-256 for
+    /// RSA, ECDSA with the curve's hash. `None` for SM2.
+    pub fn default_for(spec: KeySpec) -> Option<Self> {
+        Some(match spec {
+            KeySpec::Rsa2048 => Algorithm::Rsa2048PssSha256,
+            KeySpec::Rsa3072 => Algorithm::Rsa3072PssSha256,
+            KeySpec::Rsa4096 => Algorithm::Rsa4096PssSha256,
+            KeySpec::EcP256 => Algorithm::EcdsaP256Sha256,
+            KeySpec::EcP384 => Algorithm::EcdsaP384Sha384,
+            KeySpec::EcP521 => Algorithm::EcdsaP521Sha512,
+            KeySpec::EcSecp256k1 => Algorithm::EcdsaSecp256k1Sha256,
+            KeySpec::Sm2 => return None,
+        })
     }
 }
 

@@ -5,7 +5,8 @@
 
 use super::algorithm::{Algorithm, Curve, KeyKind};
 use super::ecdsa_verify;
-use super::rsa_pss_verify::RsaPssKey;
+use super::rsa_verify::RsaKey;
+use super::scheme::Scheme;
 use der::{asn1::OctetString, Decode};
 use rsa::pkcs8::{EncodePublicKey, LineEnding};
 use sha2::{Digest, Sha256};
@@ -36,7 +37,7 @@ pub struct VerifyError;
 #[derive(Clone)]
 enum Verifier {
     /// The modulus's Montgomery constants, for the fast verifier.
-    Rsa(RsaPssKey),
+    Rsa(RsaKey),
     /// Q and its shifted points, for the fast verifier.
     P256(ecdsa_verify::KeyPowers<p256::NistP256>),
     /// Q and its shifted points, for the fast verifier.
@@ -85,7 +86,7 @@ impl PublicKey {
             .to_public_key_der()
             .map_err(|e| PublicKeyError::Encode(e.to_string()))?
             .into_vec();
-        let verifier = RsaPssKey::new(modulus, exponent).map_err(PublicKeyError::BadRsa)?;
+        let verifier = RsaKey::new(modulus, exponent).map_err(PublicKeyError::BadRsa)?;
         Self::finish(spki_der, Verifier::Rsa(verifier))
     }
 
@@ -146,7 +147,17 @@ impl PublicKey {
     /// # Errors
     /// When the key type, curve or modulus size differ from what the algorithm needs.
     pub fn check_algorithm(&self, algorithm: Algorithm) -> Result<(), PublicKeyError> {
-        let fits = match (algorithm.key_kind(), &self.verifier) {
+        self.check_kind(algorithm.key_kind()).map_err(|_| {
+            PublicKeyError::Mismatch(format!("the public key does not fit {algorithm}"))
+        })
+    }
+
+    /// Checks that this is a key pair of `kind`.
+    ///
+    /// # Errors
+    /// When the key type, curve or modulus size differ.
+    pub fn check_kind(&self, kind: KeyKind) -> Result<(), PublicKeyError> {
+        let fits = match (kind, &self.verifier) {
             (KeyKind::Rsa { bits }, Verifier::Rsa(k)) => k.bits() == bits,
             (KeyKind::Ec(Curve::P256), Verifier::P256(_))
             | (KeyKind::Ec(Curve::P384), Verifier::P384(_))
@@ -158,7 +169,7 @@ impl PublicKey {
             Ok(())
         } else {
             Err(PublicKeyError::Mismatch(format!(
-                "the public key does not fit {algorithm}"
+                "the public key is not a {kind:?} key"
             )))
         }
     }
@@ -178,48 +189,68 @@ impl PublicKey {
         hex::encode(Sha256::digest(&self.spki_der))
     }
 
-    /// Verifies a signature as the API returns it (PSS bytes, or DER ECDSA) over `digest`.
+    /// Verifies a signature as the APIs return it (PSS or PKCS#1 v1.5 bytes, or DER ECDSA) over
+    /// `digest`, made with `scheme`. Used both for verify-after-sign and for the Verify APIs, so
+    /// it accepts exactly what the standards accept: ECDSA per X9.62/RFC 3279, high-S included
+    /// (OpenSSL makes high-S secp256k1 signatures; p11kms itself returns low-S ones).
     ///
     /// # Errors
-    /// When the signature does not verify, or does not parse.
+    /// When the signature does not verify, does not parse, or the scheme does not fit the key.
     pub fn verify_prehash(
         &self,
-        algorithm: Algorithm,
+        scheme: Scheme,
         digest: &[u8],
         signature: &[u8],
     ) -> Result<(), VerifyError> {
-        let ok = match &self.verifier {
-            // PSS with salt = digest length, the public operation in Montgomery form (see
-            // `rsa_pss_verify`): about four times as fast as the `rsa` crate's.
-            Verifier::Rsa(key) => key.verify(algorithm.hash(), digest, signature),
+        let ok = match (&self.verifier, scheme) {
+            // The public operation in Montgomery form (see `rsa_verify`): about four times as
+            // fast as the `rsa` crate's.
+            (Verifier::Rsa(key), Scheme::RsaPss(hash)) => key.verify(hash, digest, signature),
+            (Verifier::Rsa(key), Scheme::RsaPkcs1(hash)) => {
+                key.verify_pkcs1(hash, digest, signature)
+            }
+            (Verifier::Rsa(_), _) | (_, Scheme::RsaPss(_) | Scheme::RsaPkcs1(_) | Scheme::Sm2) => {
+                false
+            }
             // The NIST curves go through our variable-time scheduling of the same arithmetic
             // (see `ecdsa_verify`): about twice as fast as the crates' constant-time default.
-            Verifier::P256(powers) => p256::ecdsa::Signature::from_der(signature).is_ok_and(|s| {
-                ecdsa_verify::verify_prehash(
-                    ecdsa_verify::p256_generator(),
-                    powers,
-                    digest,
-                    s.split_scalars(),
-                )
-            }),
-            Verifier::P384(powers) => p384::ecdsa::Signature::from_der(signature).is_ok_and(|s| {
-                ecdsa_verify::verify_prehash(
-                    ecdsa_verify::p384_generator(),
-                    powers,
-                    digest,
-                    s.split_scalars(),
-                )
-            }),
-            Verifier::P521(powers) => p521::ecdsa::Signature::from_der(signature).is_ok_and(|s| {
-                ecdsa_verify::verify_prehash(
-                    ecdsa_verify::p521_generator(),
-                    powers,
-                    digest,
-                    s.split_scalars(),
-                )
-            }),
-            Verifier::K256(k) => k256::ecdsa::Signature::from_der(signature)
-                .is_ok_and(|s| k.verify_prehash(digest, &s).is_ok()),
+            (Verifier::P256(powers), Scheme::Ecdsa(_)) => {
+                p256::ecdsa::Signature::from_der(signature).is_ok_and(|s| {
+                    ecdsa_verify::verify_prehash(
+                        ecdsa_verify::p256_generator(),
+                        powers,
+                        digest,
+                        s.split_scalars(),
+                    )
+                })
+            }
+            (Verifier::P384(powers), Scheme::Ecdsa(_)) => {
+                p384::ecdsa::Signature::from_der(signature).is_ok_and(|s| {
+                    ecdsa_verify::verify_prehash(
+                        ecdsa_verify::p384_generator(),
+                        powers,
+                        digest,
+                        s.split_scalars(),
+                    )
+                })
+            }
+            (Verifier::P521(powers), Scheme::Ecdsa(_)) => {
+                p521::ecdsa::Signature::from_der(signature).is_ok_and(|s| {
+                    ecdsa_verify::verify_prehash(
+                        ecdsa_verify::p521_generator(),
+                        powers,
+                        digest,
+                        s.split_scalars(),
+                    )
+                })
+            }
+            // `k256` refuses high-S outright (a BIP-62 rule, not ECDSA's); (r, s) and (r, n − s)
+            // are both valid ECDSA signatures, so check the low-S twin.
+            (Verifier::K256(k), Scheme::Ecdsa(_)) => k256::ecdsa::Signature::from_der(signature)
+                .is_ok_and(|s| {
+                    let low = s.normalize_s().unwrap_or(s);
+                    k.verify_prehash(digest, &low).is_ok()
+                }),
         };
         if ok {
             Ok(())

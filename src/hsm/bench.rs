@@ -76,7 +76,7 @@ impl DirectSession {
     /// # Errors
     /// Classified PKCS#11 failures.
     pub fn sign(&self, key: &DirectKey, digest: &[u8]) -> Result<Vec<u8>, HsmError> {
-        let mechanism = mechanism::sign_mechanism(key.algorithm);
+        let mechanism = mechanism::sign_mechanism(key.algorithm.scheme());
         self.session
             .sign(&mechanism, key.handle, digest)
             .context("C_Sign")

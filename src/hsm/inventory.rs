@@ -380,8 +380,9 @@ pub(crate) fn check_pair(
         key_id: spec.key_id.clone(),
         reason,
     };
+    let scheme = spec.algorithm.scheme();
     let digest = spec.algorithm.hash().digest(b"p11kms key pair check");
-    let mechanism = super::mechanism::sign_mechanism(spec.algorithm);
+    let mechanism = super::mechanism::sign_mechanism(scheme);
     // A token fault here must stay classified: it fails this resolution (and so the recovery
     // attempt) instead of refusing a key that is fine.
     let raw = session
@@ -389,7 +390,7 @@ pub(crate) fn check_pair(
         .context("C_Sign (key pair check)")?;
     let der = crate::crypto::ecdsa_der::raw_to_der(curve, &raw).map_err(|e| fail(e.to_string()))?;
     key.public_key
-        .verify_prehash(spec.algorithm, &digest, &der)
+        .verify_prehash(scheme, &digest, &der)
         .map_err(|_| {
             fail(format!(
                 "the private key and the public key with {} are not a pair: a trial signature does not verify",

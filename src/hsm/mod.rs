@@ -30,15 +30,15 @@ mod token;
 
 pub use error::{classify, ErrorClass, HsmError};
 pub use objects::{
-    metadata_label, DataObject, NonceChange, StoredVersion, APPLICATION, KEY_LABEL_PREFIX,
-    NONCE_LABEL,
+    alias_label, metadata_label, DataObject, NonceChange, StoredVersion, ALIAS_LABEL_PREFIX,
+    APPLICATION, KEY_LABEL_PREFIX, NONCE_LABEL,
 };
 pub use provision::{init_token, GeneratedKey};
 pub use recovery::HsmStats;
 pub use token::TokenIdentity;
 
 use crate::config::{HsmConfig, ObjectSelector, TokenSelector};
-use crate::crypto::{Algorithm, PublicKey};
+use crate::crypto::{Algorithm, PublicKey, Scheme};
 use cryptoki::context::Pkcs11;
 use cryptoki::object::ObjectHandle;
 use cryptoki::session::Session;
@@ -332,10 +332,11 @@ impl Hsm {
     pub async fn sign(
         &self,
         key_id: &str,
-        algorithm: Algorithm,
+        scheme: Scheme,
         digest: Vec<u8>,
         deadline: Option<Instant>,
     ) -> Result<Vec<u8>, HsmError> {
+        let input = mechanism::sign_input(scheme, &digest);
         let mut retried = false;
         loop {
             let epoch = self.current()?;
@@ -347,12 +348,12 @@ impl Hsm {
                 None => return Err(HsmError::KeyNotResolved(key_id.to_string())),
             };
             let number = epoch.number;
-            let digest = digest.clone();
+            let input = input.clone();
             let outcome = self
                 .run(epoch, deadline, move |session, _| {
                     // Built on the worker: cryptoki mechanisms hold raw pointers and are not Send.
-                    let mechanism = mechanism::sign_mechanism(algorithm);
-                    session.sign(&mechanism, handle, &digest).context("C_Sign")
+                    let mechanism = mechanism::sign_mechanism(scheme);
+                    session.sign(&mechanism, handle, &input).context("C_Sign")
                 })
                 .await;
             let Err(e) = outcome else { return outcome };

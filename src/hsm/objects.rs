@@ -1,5 +1,6 @@
-//! p11kms's own objects on the token: one `CKO_DATA` metadata object per key created through the
-//! key service, and one state nonce that every writer replaces after a change.
+//! p11kms's own objects on the token: the `CKO_DATA` objects holding the state of keys created
+//! through an API and of aliases (several per key: one per change until compacted, see
+//! `keys/doc.rs`), and one state nonce that every writer replaces after a change.
 //!
 //! The token is the only shared state between replicas, so these objects are how replicas see
 //! each other's changes: a replica reads the nonce on every refresh and scans the metadata
@@ -10,16 +11,14 @@
 //! On SoftHSM that surfaces as `CKR_OBJECT_HANDLE_INVALID`, which the classifier treats as a
 //! lost login; here it only means "gone", so it is handled before it can start a recovery.
 //!
-//! # Changing a value
-//! A document is changed with `C_SetAttributeValue(CKA_VALUE)` where the token allows it. Some
-//! tokens do not: SoftHSMv2 treats `CKA_VALUE` of a data object as read-only
-//! (`CKR_ATTRIBUTE_READ_ONLY`). There the object is *replaced*: a new object with the new value
-//! is created, then exactly the old versions the writer read are destroyed. Both ways are
-//! guarded by the value the writer read, so a concurrent change by another replica is never
-//! overwritten blindly: when none of the old versions is still there, nothing is written and
-//! the caller re-reads. A crash between create and destroy, or two replicas writing at once,
-//! leaves two versions; readers merge them (see `keys/record.rs`) and the next write removes
-//! both.
+//! # Writing
+//! Documents are immutable objects. A change writes a new object holding the merge of what the
+//! writer read and its change (see `keys/doc.rs`), then destroys exactly the objects it read
+//! ([`Hsm::replace_data_objects`]); objects another replica wrote meanwhile are left alone and
+//! merged by every reader, so no write can undo another. A crash in between, or two replicas
+//! writing at once, leaves more objects than needed, never less state; the next write folds
+//! them. (Changing `CKA_VALUE` in place would not be safe: two writers could each overwrite the
+//! other's merge. SoftHSMv2 refuses it for data objects anyway, `CKR_ATTRIBUTE_READ_ONLY`.)
 //!
 //! # Searching
 //! `C_FindObjects` costs O(objects on the token); on SoftHSMv2 it re-reads every object's file
@@ -40,6 +39,8 @@ pub const APPLICATION: &str = "p11kms";
 pub const NONCE_LABEL: &str = "p11kms/state-nonce";
 /// `CKA_LABEL` prefix of key metadata objects; the key id follows.
 pub const KEY_LABEL_PREFIX: &str = "p11kms/key/";
+/// `CKA_LABEL` prefix of alias objects; the alias name (`alias/…`) follows.
+pub const ALIAS_LABEL_PREFIX: &str = "p11kms/alias/";
 
 /// `CKA_LABEL` of the short-lived object [`Hsm::touch_token`] creates.
 const TOUCH_LABEL: &str = "p11kms/touch";
@@ -47,9 +48,14 @@ const TOUCH_LABEL: &str = "p11kms/touch";
 /// Bytes of randomness in a state nonce.
 const NONCE_LEN: usize = 16;
 
-/// The `CKA_LABEL` of a key's metadata object.
+/// The `CKA_LABEL` of a key's metadata objects.
 pub fn metadata_label(key_id: &str) -> String {
     format!("{KEY_LABEL_PREFIX}{key_id}")
+}
+
+/// The `CKA_LABEL` of an alias's objects.
+pub fn alias_label(alias: &str) -> String {
+    format!("{ALIAS_LABEL_PREFIX}{alias}")
 }
 
 /// What a nonce bump changed (see [`Hsm::bump_state_nonce`]).
@@ -369,7 +375,7 @@ impl Hsm {
         .await
     }
 
-    /// Every p11kms key metadata object on the token (the nonce is not included).
+    /// Every p11kms key and alias object on the token (the nonce is not included).
     ///
     /// # Errors
     /// Classified PKCS#11 failures.
@@ -379,7 +385,9 @@ impl Hsm {
             let mut out = Vec::new();
             for h in find(session, &ours(None))? {
                 if let Some(o) = read_object(session, h)? {
-                    if o.label.starts_with(KEY_LABEL_PREFIX) {
+                    if o.label.starts_with(KEY_LABEL_PREFIX)
+                        || o.label.starts_with(ALIAS_LABEL_PREFIX)
+                    {
                         out.push(o);
                     }
                 }
@@ -432,24 +440,25 @@ impl Hsm {
         .await
     }
 
-    /// Changes the p11kms data object labelled `label` from the versions in `old` (what the
-    /// caller read) to `value`; those versions are gone afterwards. Then, in the same call,
+    /// Writes `value` as a new p11kms data object labelled `label` and destroys those of the
+    /// objects in `old` (what the caller read) that are still there; then, in the same call,
     /// replaces the state nonce (as [`Hsm::bump_state_nonce`]): one call, so that SoftHSM
-    /// re-reads its object list once for both. Returns `None`, writing nothing, when none of
-    /// the old versions is on the token any more (someone else changed or destroyed it; read
-    /// again). Otherwise the new version and the nonce change, or why the nonce could not be
-    /// replaced (the document is written either way).
+    /// re-reads its object list once for both. The caller's `value` must include what `old`
+    /// held (a merge, see `keys/doc.rs`): objects are immutable, so destroying exactly those
+    /// read loses nothing, and objects written meanwhile by other replicas are left alone.
+    /// Returns the new object and the nonce change, or why the nonce could not be replaced
+    /// (the object is written either way).
     ///
     /// Never repeated after a session failure: a repeat could find its own half-written state.
     ///
     /// # Errors
     /// Classified PKCS#11 failures.
-    pub async fn replace_data_object(
+    pub async fn replace_data_objects(
         &self,
         label: &str,
         old: Vec<StoredVersion>,
         value: Vec<u8>,
-    ) -> Result<Option<(StoredVersion, Result<NonceChange, HsmError>)>, HsmError> {
+    ) -> Result<(StoredVersion, Result<NonceChange, HsmError>), HsmError> {
         let _turn = self.shared.writes.turn().await;
         let label = label.to_string();
         let shared = std::sync::Arc::clone(&self.shared);
@@ -458,17 +467,8 @@ impl Hsm {
         self.call(Retry::Never, move |session, epoch| {
             // Read first: this is where SoftHSM catches up with other processes' changes.
             let nonces = nonce_objects(session, &shared.writes, epoch.number)?;
-            let announce = |session: &Session| {
-                bump(
-                    session,
-                    &shared.writes,
-                    epoch.number,
-                    nonces.clone(),
-                    &nonce,
-                )
-            };
-            // The versions still there, unchanged. Handles of an older epoch mean nothing now:
-            // then the versions are looked for by label and value.
+            // The objects read that are still there. Handles of an older epoch mean nothing
+            // now: then they are looked for by label and value.
             let mut stale: Vec<ObjectHandle> = Vec::new();
             if old.iter().all(|v| v.epoch == epoch.number) {
                 for v in &old {
@@ -485,32 +485,19 @@ impl Hsm {
                     }
                 }
             }
-            let Some((&first, rest)) = stale.split_first() else {
-                return Ok(None);
-            };
-            let written = |handle| StoredVersion {
-                epoch: epoch.number,
-                handle,
-                value: value.clone(),
-            };
-            if !shared.writes.replacing() {
-                match shared.writes.set_value(session, first, &value)? {
-                    Some(true) => {
-                        for &h in rest {
-                            destroy(session, h)?;
-                        }
-                        return Ok(Some((written(first), announce(session))));
-                    }
-                    // Replaced by another replica since it was read: read again.
-                    None => return Ok(None),
-                    Some(false) => {}
-                }
-            }
             let new = create(session, &label, value.clone())?;
             for h in stale {
                 destroy(session, h)?;
             }
-            Ok(Some((written(new), announce(session))))
+            let announced = bump(session, &shared.writes, epoch.number, nonces, &nonce);
+            Ok((
+                StoredVersion {
+                    epoch: epoch.number,
+                    handle: new,
+                    value: value.clone(),
+                },
+                announced,
+            ))
         })
         .await
     }
@@ -530,22 +517,15 @@ impl Hsm {
         .await
     }
 
-    /// Destroys a managed key: its private and public key objects (`CKA_ID` = `ck_id` and
-    /// `CKA_LABEL` = `key_label`, as generated) and then its metadata objects, and stops
-    /// resolving it. Objects already gone (another replica purged first) are not an error.
-    /// The metadata goes last, so an interrupted purge is found and finished later.
+    /// Destroys one key pair: its private and public key objects (`CKA_ID` = `ck_id` and
+    /// `CKA_LABEL` = `label`, as generated), and stops resolving it under `label`. Objects
+    /// already gone (another replica purged first) are not an error.
     ///
     /// # Errors
     /// Classified PKCS#11 failures.
-    pub async fn destroy_managed_key(
-        &self,
-        key_id: &str,
-        ck_id: &[u8],
-        key_label: &str,
-    ) -> Result<(), HsmError> {
+    pub async fn destroy_key_pair(&self, ck_id: &[u8], label: &str) -> Result<(), HsmError> {
         let _turn = self.shared.writes.turn().await;
-        let (ck_id, key_label) = (ck_id.to_vec(), key_label.to_string());
-        let data_label = metadata_label(key_id);
+        let (ck_id, key_label) = (ck_id.to_vec(), label.to_string());
         self.call(Retry::Once, move |session, _| {
             for class in [ObjectClass::PRIVATE_KEY, ObjectClass::PUBLIC_KEY] {
                 let template = [
@@ -558,13 +538,37 @@ impl Hsm {
                     destroy(session, h)?;
                 }
             }
-            for h in find(session, &ours(Some(&data_label)))? {
-                destroy(session, h)?;
-            }
             Ok(())
         })
         .await?;
-        self.forget_key(key_id);
+        self.forget_key(label);
         Ok(())
+    }
+
+    /// Destroys every p11kms data object labelled `label` whose value `keep` rejects (all of
+    /// them with `|_| false`), and tells the other replicas.
+    ///
+    /// # Errors
+    /// Classified PKCS#11 failures.
+    pub async fn destroy_data_objects(
+        &self,
+        label: &str,
+        keep: impl Fn(&[u8]) -> bool + Send + Sync + 'static,
+    ) -> Result<(), HsmError> {
+        let _turn = self.shared.writes.turn().await;
+        let label = label.to_string();
+        let shared = std::sync::Arc::clone(&self.shared);
+        let mut nonce = vec![0u8; NONCE_LEN];
+        rand::fill(&mut nonce[..]);
+        self.call(Retry::Once, move |session, epoch| {
+            let nonces = nonce_objects(session, &shared.writes, epoch.number)?;
+            for (h, value) in read_labelled(session, &label)? {
+                if !keep(&value) {
+                    destroy(session, h)?;
+                }
+            }
+            bump(session, &shared.writes, epoch.number, nonces, &nonce).map(|_| ())
+        })
+        .await
     }
 }

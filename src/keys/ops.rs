@@ -1,155 +1,98 @@
-//! `yandex.cloud.operation.Operation` values for key changes. Every change completes before the
-//! call returns, so every operation is `done` with its `response` set; the SDK waiters still
-//! poll `OperationService.Get` once, which any replica answers from the key's metadata.
+//! Key operations: the record of one completed change to a key, kept with the key on the token
+//! so that every replica can answer for it (the Yandex fronts publish them through the
+//! operation service; ListOperations lists a key's last [`MAX_OPERATIONS`]).
+//!
+//! Every change completes before the call returns, so an operation is always done, with the key
+//! as it was right after the change.
 
-use super::ids;
-use crate::api::yandex::grpc::pb::operation::{operation, Operation};
-use prost_types::Any;
+use super::{ids, Status};
+use crate::crypto::Algorithm;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 use std::time::SystemTime;
 
-/// Full message names packed into `Any` (type URL `type.googleapis.com/<name>`).
-pub mod type_names {
-    /// The key resource.
-    pub const KEY: &str = "yandex.cloud.kms.v1.asymmetricsignature.AsymmetricSignatureKey";
-    /// Create's metadata.
-    pub const CREATE_METADATA: &str =
-        "yandex.cloud.kms.v1.asymmetricsignature.CreateAsymmetricSignatureKeyMetadata";
-    /// Update's metadata.
-    pub const UPDATE_METADATA: &str =
-        "yandex.cloud.kms.v1.asymmetricsignature.UpdateAsymmetricSignatureKeyMetadata";
-    /// Delete's metadata.
-    pub const DELETE_METADATA: &str =
-        "yandex.cloud.kms.v1.asymmetricsignature.DeleteAsymmetricSignatureKeyMetadata";
-    /// Undelete's metadata (p11kms's own API).
-    pub const UNDELETE_METADATA: &str = "p11kms.v1.UndeleteKeyMetadata";
-    /// SetAccessBindings's metadata.
-    pub const SET_ACCESS_BINDINGS_METADATA: &str = "yandex.cloud.access.SetAccessBindingsMetadata";
-    /// UpdateAccessBindings's metadata.
-    pub const UPDATE_ACCESS_BINDINGS_METADATA: &str =
-        "yandex.cloud.access.UpdateAccessBindingsMetadata";
-    /// The response of the access-binding changes.
-    pub const EMPTY: &str = "google.protobuf.Empty";
-}
+/// Operations kept per key.
+pub const MAX_OPERATIONS: usize = 20;
 
-/// The `Any` type URL of a message name.
-pub fn type_url(full_name: &str) -> String {
-    format!("type.googleapis.com/{full_name}")
-}
-
-/// Packs `message` as an `Any` of type `full_name`.
-pub fn pack<M: prost::Message>(full_name: &str, message: &M) -> Any {
-    Any {
-        type_url: type_url(full_name),
-        value: message.encode_to_vec(),
-    }
-}
-
-/// What a key operation did, for its description and metadata type.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// What a key operation did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Kind {
-    /// `AsymmetricSignatureKeyService.Create`.
+    /// The key was created.
     Create,
-    /// `AsymmetricSignatureKeyService.Update`.
+    /// Name, description, labels, status or deletion protection changed.
     Update,
-    /// `AsymmetricSignatureKeyService.Delete`.
+    /// The key was deleted (scheduled for destruction).
     Delete,
-    /// `p11kms.v1.KeyAdminService.Undelete`.
+    /// A deleted key was restored.
     Undelete,
-    /// `AsymmetricSignatureKeyService.SetAccessBindings`.
+    /// The access bindings were replaced.
     SetAccessBindings,
-    /// `AsymmetricSignatureKeyService.UpdateAccessBindings`.
+    /// Access bindings were added or removed.
     UpdateAccessBindings,
+    /// A new key version was made primary.
+    CreateVersion,
 }
 
-impl Kind {
-    fn description(self) -> &'static str {
-        match self {
-            Kind::Create => "Create asymmetric signature key",
-            Kind::Update => "Update asymmetric signature key",
-            Kind::Delete => "Delete asymmetric signature key",
-            Kind::Undelete => "Undelete asymmetric signature key",
-            Kind::SetAccessBindings => "Set access bindings of asymmetric signature key",
-            Kind::UpdateAccessBindings => "Update access bindings of asymmetric signature key",
+/// A key's public fields at one moment (what a key operation's response shows).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeySnapshot {
+    /// Key id.
+    pub id: String,
+    /// Folder.
+    pub folder_id: String,
+    /// Creation time.
+    #[serde(with = "super::doc::time")]
+    pub created_at: SystemTime,
+    /// Name.
+    pub name: String,
+    /// Description.
+    pub description: String,
+    /// Labels.
+    pub labels: BTreeMap<String, String>,
+    /// Status.
+    pub status: Status,
+    /// Algorithm (spec and default scheme).
+    #[serde(with = "super::doc::algorithm")]
+    pub algorithm: Algorithm,
+    /// Deletion protection.
+    pub deletion_protection: bool,
+}
+
+/// One completed operation on a key.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Operation {
+    /// Operation id (the same shape as key ids).
+    pub id: String,
+    /// What it did.
+    pub kind: Kind,
+    /// When it started.
+    #[serde(with = "super::doc::time")]
+    pub created_at: SystemTime,
+    /// When it finished.
+    #[serde(with = "super::doc::time")]
+    pub modified_at: SystemTime,
+    /// Who asked for it (the caller's subject id).
+    pub created_by: String,
+    /// The key right after the change.
+    pub key: KeySnapshot,
+}
+
+impl Operation {
+    /// A completed operation of `kind` that started at `started`, by `actor`, leaving `key`.
+    pub fn completed(kind: Kind, started: SystemTime, actor: &str, key: KeySnapshot) -> Self {
+        Self {
+            id: ids::generate(),
+            kind,
+            created_at: started,
+            modified_at: SystemTime::now(),
+            created_by: actor.to_string(),
+            key,
         }
     }
 
-    fn metadata_type(self) -> &'static str {
-        match self {
-            Kind::Create => type_names::CREATE_METADATA,
-            Kind::Update => type_names::UPDATE_METADATA,
-            Kind::Delete => type_names::DELETE_METADATA,
-            Kind::Undelete => type_names::UNDELETE_METADATA,
-            Kind::SetAccessBindings => type_names::SET_ACCESS_BINDINGS_METADATA,
-            Kind::UpdateAccessBindings => type_names::UPDATE_ACCESS_BINDINGS_METADATA,
-        }
-    }
-
-    /// Whether the operation's response is `google.protobuf.Empty` rather than the key.
-    fn responds_empty(self) -> bool {
-        matches!(self, Kind::SetAccessBindings | Kind::UpdateAccessBindings)
-    }
-}
-
-/// Every `*Metadata` message of a key operation is `{ string key_id = 1; }` (the access-binding
-/// ones call it `resource_id`, with the same number).
-#[derive(Clone, PartialEq, prost::Message)]
-struct KeyIdMetadata {
-    #[prost(string, tag = "1")]
-    key_id: String,
-}
-
-/// A completed operation on `key_id` whose response is `key` (or `Empty`, for access-binding
-/// changes, as Yandex answers them).
-pub fn completed(
-    kind: Kind,
-    key_id: &str,
-    started: SystemTime,
-    actor: &str,
-    key: &crate::api::yandex::grpc::pb::kms::AsymmetricSignatureKey,
-) -> Operation {
-    Operation {
-        id: ids::generate(),
-        description: kind.description().to_string(),
-        created_at: Some(started.into()),
-        created_by: actor.to_string(),
-        modified_at: Some(SystemTime::now().into()),
-        done: true,
-        metadata: Some(pack(
-            kind.metadata_type(),
-            &KeyIdMetadata {
-                key_id: key_id.to_string(),
-            },
-        )),
-        result: Some(operation::Result::Response(if kind.responds_empty() {
-            pack(type_names::EMPTY, &())
-        } else {
-            pack(type_names::KEY, key)
-        })),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::api::yandex::grpc::pb::kms::CreateAsymmetricSignatureKeyMetadata;
-    use prost::Message as _;
-
-    #[test]
-    fn metadata_decodes_as_the_yandex_messages() {
-        let op = completed(
-            Kind::Create,
-            "abc",
-            SystemTime::now(),
-            "",
-            &Default::default(),
-        );
-        let any = op.metadata.expect("metadata");
-        assert_eq!(
-            any.type_url,
-            "type.googleapis.com/yandex.cloud.kms.v1.asymmetricsignature.CreateAsymmetricSignatureKeyMetadata"
-        );
-        let meta = CreateAsymmetricSignatureKeyMetadata::decode(any.value.as_slice()).unwrap();
-        assert_eq!(meta.key_id, "abc");
-        assert!(op.done);
+    /// The id of the key it changed.
+    pub fn key_id(&self) -> &str {
+        &self.key.id
     }
 }

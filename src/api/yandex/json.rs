@@ -19,7 +19,7 @@ use crate::api::yandex::grpc::pb::yandex::cloud::access::{
 use crate::api::yandex::grpc::pb::yandex::cloud::endpoint::{
     ApiEndpoint, ListApiEndpointsResponse,
 };
-use crate::keys::ops::type_names;
+use crate::api::yandex::mapping::type_names;
 use base64::Engine as _;
 use prost::Message as _;
 use serde_json::{json, Map, Value};
@@ -220,17 +220,23 @@ mod tests {
 
     #[test]
     fn operations_expand_their_any_fields() {
-        let op = crate::keys::ops::completed(
-            crate::keys::ops::Kind::Delete,
-            "k1",
+        let op = crate::keys::Operation::completed(
+            crate::keys::OperationKind::Delete,
             std::time::SystemTime::now(),
             "",
-            &AsymmetricSignatureKey {
+            crate::keys::KeySnapshot {
                 id: "k1".into(),
-                ..Default::default()
+                folder_id: "f".into(),
+                created_at: std::time::SystemTime::now(),
+                name: String::new(),
+                description: String::new(),
+                labels: Default::default(),
+                status: crate::keys::Status::Active,
+                algorithm: crate::crypto::Algorithm::EcdsaP256Sha256,
+                deletion_protection: false,
             },
         );
-        let v = operation(&op);
+        let v = operation(&crate::api::yandex::mapping::operation(&op));
         assert_eq!(
             v["metadata"]["@type"],
             "type.googleapis.com/yandex.cloud.kms.v1.asymmetricsignature.DeleteAsymmetricSignatureKeyMetadata"
@@ -242,7 +248,7 @@ mod tests {
 
     #[test]
     fn access_binding_operations_expand_metadata_and_empty() {
-        use crate::keys::ops::{pack, type_names};
+        use crate::api::yandex::mapping::{pack, type_names};
         let meta = pack(
             type_names::UPDATE_ACCESS_BINDINGS_METADATA,
             &SetAccessBindingsMetadata {

@@ -5,5 +5,7 @@
 pub mod grpc;
 pub mod json;
 pub mod key_fields;
+pub mod mapping;
 pub mod rest;
+pub mod status;
 pub mod validate;

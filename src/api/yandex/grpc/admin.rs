@@ -6,6 +6,7 @@ use super::pb::p11kms::v1::key_admin_service_server::KeyAdminService;
 use super::pb::p11kms::v1::UndeleteKeyRequest;
 use crate::api::context;
 use crate::api::yandex::validate;
+use crate::auth::Action;
 use crate::keys::KeyManager;
 use std::sync::Arc;
 use tonic::{Request, Response, Status};
@@ -35,7 +36,10 @@ impl KeyAdminService for AdminService {
         let req = request.into_inner();
         tracing::Span::current().record("key_id", req.key_id.as_str());
         validate::key_id("key_id", &req.key_id)?;
-        let op = self.manager.undelete(&ctx, &req.key_id, deadline).await?;
-        Ok(Response::new(op))
+        let (_, op) = self
+            .manager
+            .restore(&ctx, &req.key_id, Action::Undelete, false, deadline)
+            .await?;
+        Ok(Response::new(crate::api::yandex::mapping::operation(&op)))
     }
 }

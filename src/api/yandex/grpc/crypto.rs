@@ -9,9 +9,10 @@ use super::pb::kms::{
     AsymmetricSignHashResponse, AsymmetricSignRequest, AsymmetricSignResponse,
 };
 use crate::api::yandex::validate;
+use crate::auth::authz::Want;
 use crate::auth::RequestContext;
 use crate::error::Error;
-use crate::signer::Signer;
+use crate::signer::{Input, KeyRef, Signer};
 use std::sync::Arc;
 use tokio::time::Instant;
 use tonic::{Request, Response, Status};
@@ -26,6 +27,17 @@ impl CryptoService {
     /// A service signing with `signer`.
     pub fn new(signer: Arc<Signer>) -> Self {
         Self { signer }
+    }
+
+    /// A Yandex request names a key by id and signs with its primary version and its own
+    /// scheme; deleted keys do not exist.
+    fn key_ref(key_id: &str) -> KeyRef<'_> {
+        KeyRef {
+            key: key_id,
+            version: None,
+            scheme: None,
+            want: Want::Visible,
+        }
     }
 
     /// Notes the key for the span and the audit record, and checks its id.
@@ -48,13 +60,18 @@ impl CryptoService {
     ) -> Result<AsymmetricSignResponse, Error> {
         Self::key_id(ctx, &req.key_id)?;
         validate::message(&req.message)?;
-        let signature = self
+        let signed = self
             .signer
-            .sign(ctx, &req.key_id, &req.message, deadline)
+            .sign(
+                ctx,
+                Self::key_ref(&req.key_id),
+                Input::Message(&req.message),
+                deadline,
+            )
             .await?;
         Ok(AsymmetricSignResponse {
             key_id: req.key_id,
-            signature,
+            signature: signed.signature,
         })
     }
 
@@ -71,13 +88,18 @@ impl CryptoService {
     ) -> Result<AsymmetricSignHashResponse, Error> {
         Self::key_id(ctx, &req.key_id)?;
         validate::hash(&req.hash)?;
-        let signature = self
+        let signed = self
             .signer
-            .sign_hash(ctx, &req.key_id, &req.hash, deadline)
+            .sign(
+                ctx,
+                Self::key_ref(&req.key_id),
+                Input::Digest(&req.hash, "hash"),
+                deadline,
+            )
             .await?;
         Ok(AsymmetricSignHashResponse {
             key_id: req.key_id,
-            signature,
+            signature: signed.signature,
         })
     }
 
@@ -93,13 +115,13 @@ impl CryptoService {
         deadline: Option<Instant>,
     ) -> Result<AsymmetricGetPublicKeyResponse, Error> {
         Self::key_id(ctx, &req.key_id)?;
-        let public_key = self
+        let (_, _, public_key) = self
             .signer
-            .public_key_pem(ctx, &req.key_id, deadline)
+            .public_key(ctx, Self::key_ref(&req.key_id), deadline)
             .await?;
         Ok(AsymmetricGetPublicKeyResponse {
             key_id: req.key_id,
-            public_key,
+            public_key: public_key.pem().to_string(),
         })
     }
 }

@@ -69,10 +69,13 @@ impl EndpointService {
                 } else {
                     String::new()
                 };
-                Error::NotFound(format!(
-                    "API endpoint{shown} not found; this gateway serves {}",
-                    ADVERTISED_IDS.join(", ")
-                ))
+                Error::not_found(
+                    crate::error::Missing::Other,
+                    format!(
+                        "API endpoint{shown} not found; this gateway serves {}",
+                        ADVERTISED_IDS.join(", ")
+                    ),
+                )
             })
     }
 

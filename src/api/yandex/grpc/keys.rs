@@ -15,10 +15,12 @@ use super::pb::yandex::cloud::access::{
     AccessBinding, AccessBindingAction, ListAccessBindingsRequest, ListAccessBindingsResponse,
     SetAccessBindingsRequest, Subject, UpdateAccessBindingsRequest,
 };
+use crate::api::yandex::mapping;
 use crate::api::yandex::{key_fields, validate};
+use crate::auth::authz::Want;
 use crate::auth::RequestContext;
 use crate::error::Error;
-use crate::keys::record::AccessBindingRecord;
+use crate::keys::Binding;
 use crate::keys::{BindingDelta, KeyChanges, KeyManager, NewKey};
 use std::sync::Arc;
 use tokio::time::Instant;
@@ -94,7 +96,7 @@ const BINDING_SUBJECT_TYPES: &[&str] =
     &["userAccount", "serviceAccount", "federatedUser", "system"];
 
 /// Checks one binding: a known role, and a subject that can match a caller.
-fn binding_from_proto(field: &str, b: &AccessBinding) -> Result<AccessBindingRecord, Error> {
+fn binding_from_proto(field: &str, b: &AccessBinding) -> Result<Binding, Error> {
     if crate::auth::Role::parse(&b.role_id).is_none() {
         return Err(Error::InvalidArgument(format!(
             "{field}.role_id: {:?} is not one of {}",
@@ -129,14 +131,14 @@ fn binding_from_proto(field: &str, b: &AccessBinding) -> Result<AccessBindingRec
             crate::config::ALL_AUTHENTICATED_USERS
         )));
     }
-    Ok(AccessBindingRecord {
+    Ok(Binding {
         role_id: b.role_id.clone(),
         subject_id: subject.id.clone(),
         subject_type: subject.r#type.clone(),
     })
 }
 
-fn binding_to_proto(b: &AccessBindingRecord) -> AccessBinding {
+fn binding_to_proto(b: &Binding) -> AccessBinding {
     AccessBinding {
         role_id: b.role_id.clone(),
         subject: Some(Subject {
@@ -172,7 +174,8 @@ impl KeyService {
             algorithm,
             deletion_protection: req.deletion_protection,
         };
-        self.manager.create(ctx, new, deadline).await
+        let (_, op) = self.manager.create(ctx, new, deadline).await?;
+        Ok(mapping::operation(&op))
     }
 
     /// `Get`, for every transport.
@@ -189,7 +192,7 @@ impl KeyService {
         tracing::Span::current().record("key_id", req.key_id.as_str());
         validate::key_id("key_id", &req.key_id)?;
         let key = self.manager.get(ctx, &req.key_id, deadline).await?;
-        Ok(key.to_proto())
+        Ok(mapping::key(&key))
     }
 
     /// `List`, for every transport.
@@ -214,7 +217,7 @@ impl KeyService {
             _ => String::new(),
         };
         Ok(ListAsymmetricSignatureKeysResponse {
-            keys: keys.iter().map(|k| k.to_proto()).collect(),
+            keys: keys.iter().map(|k| mapping::key(k)).collect(),
             next_page_token,
         })
     }
@@ -233,9 +236,11 @@ impl KeyService {
         tracing::Span::current().record("key_id", req.key_id.as_str());
         validate::key_id("key_id", &req.key_id)?;
         let changes = changes(&req)?;
-        self.manager
-            .update(ctx, &req.key_id, changes, deadline)
-            .await
+        let (_, op) = self
+            .manager
+            .update(ctx, &req.key_id, changes, Want::Visible, deadline)
+            .await?;
+        Ok(mapping::operation(&op))
     }
 
     /// `Delete`, for every transport.
@@ -251,7 +256,11 @@ impl KeyService {
     ) -> Result<Operation, Error> {
         tracing::Span::current().record("key_id", req.key_id.as_str());
         validate::key_id("key_id", &req.key_id)?;
-        self.manager.delete(ctx, &req.key_id, deadline).await
+        let (_, op) = self
+            .manager
+            .delete(ctx, &req.key_id, None, Want::Visible, deadline)
+            .await?;
+        Ok(mapping::operation(&op))
     }
 
     /// `ListOperations`, for every transport.
@@ -279,7 +288,12 @@ impl KeyService {
                 .position(|op| &op.id == id)
                 .map_or(ops.len(), |i| i + 1),
         };
-        let page: Vec<Operation> = ops.iter().skip(start).take(size).cloned().collect();
+        let page: Vec<Operation> = ops
+            .iter()
+            .skip(start)
+            .take(size)
+            .map(mapping::operation)
+            .collect();
         let next_page_token = match page.last() {
             Some(last) if start + page.len() < ops.len() => key_fields::page_token(&last.id),
             _ => String::new(),
@@ -358,9 +372,11 @@ impl KeyService {
             .enumerate()
             .map(|(i, b)| binding_from_proto(&format!("access_bindings[{i}]"), b))
             .collect::<Result<Vec<_>, _>>()?;
-        self.manager
+        let (_, op) = self
+            .manager
             .set_access_bindings(ctx, &req.resource_id, bindings, deadline)
-            .await
+            .await?;
+        Ok(mapping::operation(&op))
     }
 
     /// `UpdateAccessBindings`, for every transport.
@@ -405,9 +421,11 @@ impl KeyService {
                 }
             });
         }
-        self.manager
+        let (_, op) = self
+            .manager
             .update_access_bindings(ctx, &req.resource_id, deltas, deadline)
-            .await
+            .await?;
+        Ok(mapping::operation(&op))
     }
 }
 

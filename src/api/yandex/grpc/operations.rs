@@ -37,7 +37,8 @@ impl OperationsService {
             operation_id,
             key_fields::MAX_OPERATION_ID_LEN,
         )?;
-        self.manager.operation(ctx, operation_id, deadline).await
+        let op = self.manager.operation(ctx, operation_id, deadline).await?;
+        Ok(crate::api::yandex::mapping::operation(&op))
     }
 
     /// `Get`, for every transport.

@@ -24,7 +24,11 @@ pub fn ok(value: &serde_json::Value) -> Response<Body> {
 /// The error answer for `error` (logged here, once, like the gRPC edge does).
 pub fn error(error: &Error, request_id: &str) -> Response<Body> {
     error.log();
-    Protocol::Rest.error(error.code(), &error.to_string(), request_id)
+    Protocol::Rest.error(
+        crate::api::yandex::status::code(error),
+        &error.to_string(),
+        request_id,
+    )
 }
 
 /// The answer for a request that matched no binding: 404 NOT_FOUND for an unknown path, 405
@@ -33,11 +37,14 @@ pub fn unrouted(why: Unrouted, method: &Method, path: &str, request_id: &str) ->
     let shown: String = path.chars().take(200).collect();
     match why {
         Unrouted::NotFound => error(
-            &Error::NotFound(format!(
-                "no REST method at {method} {shown}; the API is \
-                 /kms/v1/asymmetricSignatureKeys[/{{keyId}}[:verb]], /operations/{{id}} and \
-                 /endpoints (see the README)"
-            )),
+            &Error::not_found(
+                crate::error::Missing::Other,
+                format!(
+                    "no REST method at {method} {shown}; the API is \
+                     /kms/v1/asymmetricSignatureKeys[/{{keyId}}[:verb]], /operations/{{id}} and \
+                     /endpoints (see the README)"
+                ),
+            ),
             request_id,
         ),
         Unrouted::MethodNotAllowed(allowed) => {

@@ -1,6 +1,8 @@
-//! RSA-PSS verification for verify-after-sign: RSASSA-PSS-VERIFY (RFC 8017 §8.1.2) with
-//! EMSA-PSS-VERIFY (§9.1.2), MGF1 over the message digest's hash, salt length = digest length,
-//! as the token signs with `CKM_RSA_PKCS_PSS`.
+//! RSA verification for verify-after-sign and the Verify APIs: RSASSA-PSS-VERIFY (RFC 8017
+//! §8.1.2) with EMSA-PSS-VERIFY (§9.1.2), MGF1 over the message digest's hash, salt length =
+//! digest length, as the token signs with `CKM_RSA_PKCS_PSS`; and RSASSA-PKCS1-V1_5-VERIFY
+//! (§8.2.2), whose encoding (§9.2) is rebuilt from the digest and compared, as the token signs
+//! a DigestInfo with `CKM_RSA_PKCS`.
 //!
 //! The `rsa` crate's verifier spends most of its time in the public-key operation
 //! (`num-bigint-dig`'s `modpow`, ~121 µs for RSA-2048 on the benchmark machine, a fifth of the
@@ -14,9 +16,9 @@ use super::algorithm::HashAlg;
 use crypto_bigint::modular::runtime_mod::{DynResidue, DynResidueParams};
 use crypto_bigint::{Uint, U2048, U3072, U4096};
 
-/// An RSA public key ready for PSS verification.
+/// An RSA public key ready for verification.
 #[derive(Clone, Debug)]
-pub(crate) struct RsaPssKey {
+pub(crate) struct RsaKey {
     modulus: Modulus,
     /// The public exponent's bits, most significant first, without leading zeros.
     exponent_bits: Vec<bool>,
@@ -31,7 +33,7 @@ enum Modulus {
     B4096(Box<DynResidueParams<{ U4096::LIMBS }>>),
 }
 
-impl RsaPssKey {
+impl RsaKey {
     /// The key `(n, e)` from big-endian bytes, for a modulus of exactly 2048, 3072 or 4096 bits.
     ///
     /// # Errors
@@ -76,6 +78,29 @@ impl RsaPssKey {
             return false;
         };
         emsa_pss_verify(hash, digest, &encoded, self.bits - 1)
+    }
+
+    /// Whether `signature` is a valid PKCS#1 v1.5 signature over `digest` made with `hash`.
+    pub(crate) fn verify_pkcs1(&self, hash: HashAlg, digest: &[u8], signature: &[u8]) -> bool {
+        if digest.len() != hash.digest_len() {
+            return false;
+        }
+        let Some(encoded) = self.public_op(signature) else {
+            return false;
+        };
+        // EMSA-PKCS1-v1_5 is deterministic: build the expected encoding and compare (§8.2.2
+        // step 4), rather than parse the one recovered.
+        let t = super::digest_info::digest_info(hash, digest);
+        let k = encoded.len();
+        if k < t.len() + 11 {
+            return false;
+        }
+        let mut expected = Vec::with_capacity(k);
+        expected.extend_from_slice(&[0x00, 0x01]);
+        expected.resize(k - t.len() - 1, 0xff);
+        expected.push(0x00);
+        expected.extend_from_slice(&t);
+        encoded == expected
     }
 
     /// `signature^e mod n` as `k` big-endian bytes (RSAVP1 with I2OSP), or `None` when the
@@ -210,8 +235,8 @@ mod tests {
         rsa::rand_core::OsRng
     }
 
-    fn ours(k: &rsa::RsaPrivateKey) -> RsaPssKey {
-        RsaPssKey::new(&k.n().to_bytes_be(), &k.e().to_bytes_be()).unwrap()
+    fn ours(k: &rsa::RsaPrivateKey) -> RsaKey {
+        RsaKey::new(&k.n().to_bytes_be(), &k.e().to_bytes_be()).unwrap()
     }
 
     fn sign(k: &rsa::RsaPrivateKey, hash: HashAlg, digest: &[u8]) -> Vec<u8> {
@@ -243,13 +268,7 @@ mod tests {
         k.to_public_key().verify(scheme, digest, sig).is_ok()
     }
 
-    fn agree(
-        k: &rsa::RsaPrivateKey,
-        v: &RsaPssKey,
-        hash: HashAlg,
-        digest: &[u8],
-        sig: &[u8],
-    ) -> bool {
+    fn agree(k: &rsa::RsaPrivateKey, v: &RsaKey, hash: HashAlg, digest: &[u8], sig: &[u8]) -> bool {
         let mine = v.verify(hash, digest, sig);
         assert_eq!(
             mine,
@@ -392,19 +411,15 @@ mod tests {
         let n = k.n().to_bytes_be();
         let mut even = n.clone();
         *even.last_mut().unwrap() &= 0xfe;
-        assert!(RsaPssKey::new(&even, &[1, 0, 1])
-            .unwrap_err()
-            .contains("even"));
-        assert!(RsaPssKey::new(&n[1..], &[1, 0, 1])
+        assert!(RsaKey::new(&even, &[1, 0, 1]).unwrap_err().contains("even"));
+        assert!(RsaKey::new(&n[1..], &[1, 0, 1])
             .unwrap_err()
             .contains("not supported"));
-        assert!(RsaPssKey::new(&n, &[1]).unwrap_err().contains("exponent"));
-        assert!(RsaPssKey::new(&n, &[0, 0])
-            .unwrap_err()
-            .contains("exponent"));
+        assert!(RsaKey::new(&n, &[1]).unwrap_err().contains("exponent"));
+        assert!(RsaKey::new(&n, &[0, 0]).unwrap_err().contains("exponent"));
         // Leading zeros are not part of the size.
         let mut padded = vec![0, 0];
         padded.extend_from_slice(&n);
-        assert!(RsaPssKey::new(&padded, &[0, 1, 0, 1]).is_ok());
+        assert!(RsaKey::new(&padded, &[0, 1, 0, 1]).is_ok());
     }
 }
