@@ -189,9 +189,13 @@ pub struct DevArgs {
     /// Where the token, PINs and generated config live; created on first run, reused after.
     #[arg(long, default_value = "./.p11kms-dev")]
     pub state_dir: PathBuf,
-    /// Address to serve on.
+    /// Address to serve on, plaintext (gRPC, REST and the Alibaba APIs).
     #[arg(long, default_value = "127.0.0.1:50051")]
     pub listen: SocketAddr,
+    /// Address to serve the same APIs on over TLS, with a certificate from the dev CA
+    /// (`ca.pem` in the state directory).
+    #[arg(long, default_value = "127.0.0.1:50443")]
+    pub tls_listen: SocketAddr,
     /// The SoftHSMv2 module; found in the usual install locations when omitted.
     #[arg(long)]
     pub module: Option<PathBuf>,

@@ -207,20 +207,33 @@ pub enum Want {
 }
 
 impl Policy {
-    /// The bindings of `[auth]` (validated at load).
-    pub fn from_config(auth: &AuthConfig) -> Self {
-        Self {
-            bindings: auth
-                .bindings
-                .iter()
-                .map(|b| ConfigBinding {
-                    role: Role::parse(&b.role).expect("validated at load"),
-                    subject_id: b.subject_id.clone(),
-                    subject_type: b.subject_type.clone(),
-                    folder: (b.folder_id != ANY_FOLDER).then(|| b.folder_id.clone()),
-                })
-                .collect(),
+    /// The bindings of `[auth]` (their subjects and folders validated at load).
+    ///
+    /// # Errors
+    /// A binding whose role is not one of the KMS roles, named.
+    pub fn from_config(auth: &AuthConfig) -> Result<Self, String> {
+        let mut bindings = Vec::with_capacity(auth.bindings.len());
+        for (i, b) in auth.bindings.iter().enumerate() {
+            let Some(role) = Role::parse(&b.role) else {
+                return Err(format!(
+                    "auth.bindings[{i}] (role {:?}, subject_id {:?}): role is not one of {}",
+                    b.role,
+                    b.subject_id,
+                    Role::ALL
+                        .iter()
+                        .map(|r| r.id())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ));
+            };
+            bindings.push(ConfigBinding {
+                role,
+                subject_id: b.subject_id.clone(),
+                subject_type: b.subject_type.clone(),
+                folder: (b.folder_id != ANY_FOLDER).then(|| b.folder_id.clone()),
+            });
         }
+        Ok(Self { bindings })
     }
 
     fn config_grants<'a>(
@@ -428,7 +441,7 @@ mod tests {
             "#,
         )
         .unwrap();
-        let p = Policy::from_config(&auth);
+        let p = Policy::from_config(&auth).unwrap();
         let (a, b, c) = (caller("a"), caller("b"), caller("c"));
         assert!(p.allowed_in_folder(&a, Action::Sign, "f1"));
         assert!(!p.allowed_in_folder(&a, Action::Sign, "f2"));

@@ -285,6 +285,7 @@ impl State {
         let dev_args = DevArgs {
             state_dir: dir.clone(),
             listen: "127.0.0.1:0".parse().expect("a valid address"),
+            tls_listen: "127.0.0.1:0".parse().expect("a valid address"),
             module: args.module.clone(),
             init_only: false,
         };

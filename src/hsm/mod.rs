@@ -25,6 +25,7 @@ mod mechanism;
 mod objects;
 mod pool;
 mod provision;
+mod random;
 mod recovery;
 mod token;
 
@@ -34,6 +35,7 @@ pub use objects::{
     APPLICATION, KEY_LABEL_PREFIX, NONCE_LABEL,
 };
 pub use provision::{init_token, GeneratedKey};
+pub use random::MAX_RANDOM_BYTES;
 pub use recovery::HsmStats;
 pub use token::TokenIdentity;
 
@@ -65,6 +67,18 @@ pub struct KeySpec {
     pub algorithm: Algorithm,
     /// Expected SHA-256 of the SPKI, pinned up front by the operator.
     pub pin_sha256: Option<[u8; 32]>,
+}
+
+impl KeySpec {
+    /// A `[[keys]]` entry of the config.
+    pub fn from_config(key: &crate::config::KeyConfig) -> Self {
+        Self {
+            key_id: key.id.clone(),
+            selector: key.selector(),
+            algorithm: key.algorithm(),
+            pin_sha256: key.pin(),
+        }
+    }
 }
 
 /// A key id and its public key, or why the key cannot be used.

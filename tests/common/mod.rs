@@ -66,6 +66,7 @@
 #![allow(dead_code, unreachable_pub)]
 
 pub mod faultshim;
+pub mod h2raw;
 pub mod jwt;
 pub mod lateness;
 pub mod load;
@@ -316,6 +317,14 @@ impl TestToken {
         let token = TestToken { dir };
         token.point_softhsm_at_copy();
         token.set_server("listen", "127.0.0.1:0");
+        // Dev mode's second, TLS listener has a fixed port and its own certificate; tests that
+        // want TLS configure it themselves ([`tls`]).
+        token.edit_config(|t| {
+            if let Some(server) = t.get_mut("server").and_then(toml::Value::as_table_mut) {
+                server.remove("tls_listen");
+                server.remove("tls");
+            }
+        });
         token
     }
 
