@@ -394,7 +394,7 @@ fn write_config(plan: &Plan, state_dir: &Path, keys: usize) -> Result<PathBuf, S
 }
 
 /// The dev config of `state_dir` moved to a token labelled [`SCALE_LABEL`] (found through the
-/// `SOFTHSM2_CONF` the daemon is started with), listening on a free port, with the bench's pool
+/// `SOFTHSM2_CONF` the daemon is started with), listening on free ports, with the bench's pool
 /// size. Its `[[keys]]` are still the dev keys: the caller replaces them.
 pub(super) fn config_on_own_token(plan: &Plan, state_dir: &Path) -> Result<toml::Table, String> {
     let base = state_dir.join("p11kms.toml");
@@ -411,6 +411,10 @@ pub(super) fn config_on_own_token(plan: &Plan, state_dir: &Path) -> Result<toml:
     };
     let mut server = section(&mut table, "server")?;
     server.insert("listen".into(), "127.0.0.1:0".into());
+    // Two daemons may run on one config at once (the key-service replica).
+    if server.contains_key("tls_listen") {
+        server.insert("tls_listen".into(), "127.0.0.1:0".into());
+    }
     table.insert("server".into(), server.into());
     let mut hsm = section(&mut table, "hsm")?;
     hsm.remove("token_serial");
