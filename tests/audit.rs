@@ -766,3 +766,93 @@ async fn answers_given_by_the_transport_are_audited_and_protocol_errors_are_coun
         .contains("CANARYBIG"));
     daemon.assert_never_printed("CANARYBIG");
 }
+
+/// Reads a gRPC answer's parts: the initial headers, the body and the trailers.
+async fn answer_parts(
+    response: h2::client::ResponseFuture,
+) -> (http::HeaderMap, Vec<u8>, http::HeaderMap) {
+    let (head, mut body) = response.await.expect("an answer").into_parts();
+    assert_eq!(head.status, http::StatusCode::OK);
+    let mut data = Vec::new();
+    while let Some(chunk) = body.data().await {
+        let chunk = chunk.expect("body");
+        let _ = body.flow_control().release_capacity(chunk.len());
+        data.extend_from_slice(&chunk);
+    }
+    let trailers = body.trailers().await.expect("trailers").unwrap_or_default();
+    (head.headers, data, trailers)
+}
+
+/// Issue 18: an error answers with headers, then trailers, not gRPC's trailers-only form, so
+/// that clients which read a call's initial metadata only (the Yandex Node SDK's `ApiError`)
+/// find the request id there; a W3C `traceparent`'s trace id is answered in
+/// `x-server-trace-id` and written into the audit record.
+#[tokio::test(flavor = "multi_thread")]
+async fn errors_carry_the_request_and_trace_ids_in_headers_and_trailers() {
+    use common::h2raw::{grpc_frame, H2Conn, SIGN};
+    let (token, audit) = audited_token(true);
+    let mut daemon = Launch::serve(&token).start();
+    let trace = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let conn = H2Conn::connect(daemon.addr()).await;
+    let call = |request_id: &'static str, bearer: Option<String>, payload: Vec<u8>| {
+        let conn = &conn;
+        async move {
+            let extra = [
+                ("x-request-id", request_id.to_string()),
+                ("traceparent", format!("00-{trace}-00f067aa0ba902b7-01")),
+            ];
+            let (response, mut stream) = conn
+                .open(SIGN, bearer.as_deref(), &extra)
+                .await
+                .expect("a stream");
+            stream
+                .send_data(grpc_frame(&payload), true)
+                .expect("the request");
+            answer_parts(response).await
+        }
+    };
+
+    let (head, body, trailers) = call("trace-denied-1", Some("not-a-token".into()), vec![]).await;
+    assert!(
+        head.get("grpc-status").is_none(),
+        "a trailers-only answer: {head:?}"
+    );
+    assert!(body.is_empty(), "{body:?}");
+    assert_eq!(trailers["grpc-status"], "16", "{trailers:?}");
+    for map in [&head, &trailers] {
+        assert_eq!(map["x-request-id"], "trace-denied-1", "{map:?}");
+        assert_eq!(map["x-server-trace-id"], trace, "{map:?}");
+    }
+
+    // A success: the ids in the headers, the status in the trailers, as before.
+    let request = prost::Message::encode_to_vec(&AsymmetricSignRequest {
+        key_id: dev_key_id(P256),
+        message: b"traced".to_vec(),
+        ..Default::default()
+    });
+    let (head, body, trailers) = call(
+        "trace-signed-1",
+        Some(daemon.admin_token().to_string()),
+        request,
+    )
+    .await;
+    assert_eq!(trailers["grpc-status"], "0", "{trailers:?}");
+    assert!(!body.is_empty());
+    assert_eq!(head["x-request-id"], "trace-signed-1");
+    assert_eq!(head["x-server-trace-id"], trace);
+
+    assert_eq!(
+        daemon.sigterm().await.code(),
+        Some(0),
+        "{}",
+        daemon.describe()
+    );
+    let recs = records(&audit);
+    for id in ["trace-denied-1", "trace-signed-1"] {
+        let rec = recs
+            .iter()
+            .find(|r| r["request_id"] == id)
+            .unwrap_or_else(|| panic!("no record for {id}: {recs:?}"));
+        assert_eq!(rec["trace_id"], trace, "{rec}");
+    }
+}

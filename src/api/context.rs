@@ -366,6 +366,7 @@ struct Pending {
     peer: Option<Peer>,
     ctx: RequestContext,
     failure: Option<&'static str>,
+    trace_id: String,
     /// Set once the record has been written (or attempted): the guard then stays quiet.
     done: bool,
 }
@@ -374,6 +375,7 @@ impl Pending {
     fn record(&self, outcome: Code) -> Record {
         let f = self.ctx.audit_fields();
         Record {
+            trace_id: Some(self.trace_id.clone()),
             time: Record::now(),
             request_id: self.ctx.request_id().to_string(),
             subject: self.ctx.caller_opt().map(|c: &Caller| SubjectRecord {
@@ -501,6 +503,7 @@ impl Shared {
         let started = Instant::now();
         let protocol = Protocol::of(&request);
         let request_id = request_id(request.headers());
+        let trace_id = super::trace::trace_id(request.headers());
         let peer = request.extensions().get::<Peer>().cloned();
         let path = request.uri().path();
         let rpc: String = path.chars().take(256).collect();
@@ -534,11 +537,13 @@ impl Shared {
             peer: peer.clone(),
             ctx: ctx.clone(),
             failure: authenticated.as_ref().err().map(|f| f.reason()),
+            trace_id: trace_id.clone(),
             done: false,
         };
         let span = tracing::info_span!(
             "request",
             request_id = %request_id,
+            trace_id = %trace_id,
             subject = caller.as_ref().map_or("", |c| c.subject_id.as_str()),
         );
 
@@ -587,11 +592,49 @@ impl Shared {
                 );
             }
         }
+        let headers = response.headers_mut();
         if let Ok(v) = HeaderValue::from_str(&request_id) {
-            response.headers_mut().insert(REQUEST_ID_HEADER, v);
+            headers.insert(REQUEST_ID_HEADER, v);
+        }
+        if let Ok(v) = HeaderValue::from_str(&trace_id) {
+            headers.insert(super::trace::SERVER_TRACE_ID, v);
+        }
+        if protocol == Protocol::Grpc {
+            response = grpc_error_with_initial_metadata(response);
         }
         response
     }
+}
+
+/// The gRPC status fields that end a call.
+const GRPC_STATUS_HEADERS: [&str; 3] = ["grpc-status", "grpc-message", "grpc-status-details-bin"];
+
+/// A gRPC error answered as headers, no message, then trailers, instead of gRPC's
+/// "trailers-only" form (one HEADERS frame holding the status). Clients read a call's initial
+/// metadata from the first form only: the Yandex Node SDK looks for `x-request-id` there, and
+/// with a trailers-only answer never produces its `ApiError` with the request id. Both forms are
+/// valid gRPC; the request id and trace id go in both the headers and the trailers (grpcio and
+/// tonic read errors' metadata from the trailers).
+fn grpc_error_with_initial_metadata(response: Response<Body>) -> Response<Body> {
+    use http_body_util::BodyExt as _;
+    if !response.headers().contains_key("grpc-status") {
+        return response;
+    }
+    let (mut parts, _) = response.into_parts();
+    let mut trailers = HeaderMap::new();
+    for name in GRPC_STATUS_HEADERS {
+        if let Some(v) = parts.headers.remove(name) {
+            trailers.insert(name, v);
+        }
+    }
+    for name in [REQUEST_ID_HEADER, super::trace::SERVER_TRACE_ID] {
+        if let Some(v) = parts.headers.get(name) {
+            trailers.insert(name, v.clone());
+        }
+    }
+    let body = http_body_util::Empty::<axum::body::Bytes>::new()
+        .with_trailers(std::future::ready(Some(Ok::<_, Infallible>(trailers))));
+    Response::from_parts(parts, Body::new(body))
 }
 
 /// The [`RequestContext`] the layer put into a gRPC request.

@@ -15,6 +15,7 @@ pub mod outcome;
 pub mod peer;
 pub mod server;
 pub mod tls;
+pub mod trace;
 pub mod transport_audit;
 pub mod transport_log;
 pub mod yandex;

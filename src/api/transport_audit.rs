@@ -39,6 +39,7 @@ impl TransportAudit {
     pub fn answered(&self, peer: &Peer, protocol: &'static str, transport: String, outcome: Code) {
         tracing::debug!(peer = %peer.addr, protocol, %transport, "answered by the transport");
         let record = Record {
+            trace_id: None,
             time: Record::now(),
             request_id: super::context::new_request_id(),
             subject: None,

@@ -85,6 +85,10 @@ pub struct Record {
     pub time: String,
     /// The request id (also returned in `x-request-id`).
     pub request_id: String,
+    /// The trace id (the request's W3C `traceparent`, or a fresh one; returned in
+    /// `x-server-trace-id`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub trace_id: Option<String>,
     /// The authenticated subject; `null` for anonymous requests.
     pub subject: Option<SubjectRecord>,
     /// Why a presented credential was refused (never the credential).
@@ -495,6 +499,7 @@ mod tests {
 
     fn record(id: &str) -> Record {
         Record {
+            trace_id: None,
             time: Record::now(),
             request_id: id.into(),
             subject: None,
