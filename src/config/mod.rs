@@ -583,7 +583,13 @@ pub struct KeyConfig {
     /// The folder the key service lists this key under (1 to 50 characters); default
     /// [`DEFAULT_CONFIG_FOLDER_ID`].
     pub folder_id: Option<String>,
+    /// The name the key service shows (at most [`MAX_CONFIG_KEY_NAME_LEN`] characters);
+    /// default the key id.
+    pub name: Option<String>,
 }
+
+/// Longest `name` of a `[[keys]]` entry, in characters (the Yandex key service's limit).
+pub const MAX_CONFIG_KEY_NAME_LEN: usize = 100;
 
 /// How a key's objects are found on the token.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -757,6 +763,15 @@ impl Config {
                 if folder.is_empty() || folder.chars().count() > MAX_KEY_ID_LEN {
                     return Err(err(format!(
                         "{at}: folder_id must be 1 to {MAX_KEY_ID_LEN} characters"
+                    )));
+                }
+            }
+            if let Some(name) = &key.name {
+                if name.chars().count() > MAX_CONFIG_KEY_NAME_LEN
+                    || name.chars().any(char::is_control)
+                {
+                    return Err(err(format!(
+                        "{at}: name must be at most {MAX_CONFIG_KEY_NAME_LEN} characters, without control characters"
                     )));
                 }
             }

@@ -31,8 +31,8 @@ mod token;
 
 pub use error::{classify, ErrorClass, HsmError};
 pub use objects::{
-    alias_label, metadata_label, DataObject, NonceChange, StoredVersion, ALIAS_LABEL_PREFIX,
-    APPLICATION, KEY_LABEL_PREFIX, NONCE_LABEL,
+    alias_label, metadata_label, DataObject, NonceChange, StoredVersion, ADOPTED_LABEL_PREFIX,
+    ALIAS_LABEL_PREFIX, APPLICATION, KEY_LABEL_PREFIX, NONCE_LABEL,
 };
 pub use provision::{init_token, GeneratedKey};
 pub use random::MAX_RANDOM_BYTES;

@@ -41,6 +41,9 @@ pub const NONCE_LABEL: &str = "p11kms/state-nonce";
 pub const KEY_LABEL_PREFIX: &str = "p11kms/key/";
 /// `CKA_LABEL` prefix of alias objects; the alias name (`alias/…`) follows.
 pub const ALIAS_LABEL_PREFIX: &str = "p11kms/alias/";
+/// `CKA_LABEL` prefix of the objects recording when a config-declared key was first served;
+/// the key id follows (see `keys/manager/adopt.rs`).
+pub const ADOPTED_LABEL_PREFIX: &str = "p11kms/adopted/";
 
 /// `CKA_LABEL` of the short-lived object [`Hsm::touch_token`] creates.
 const TOUCH_LABEL: &str = "p11kms/touch";
@@ -375,7 +378,7 @@ impl Hsm {
         .await
     }
 
-    /// Every p11kms key and alias object on the token (the nonce is not included).
+    /// Every p11kms key, alias and adoption object on the token (the nonce is not included).
     ///
     /// # Errors
     /// Classified PKCS#11 failures.
@@ -387,6 +390,7 @@ impl Hsm {
                 if let Some(o) = read_object(session, h)? {
                     if o.label.starts_with(KEY_LABEL_PREFIX)
                         || o.label.starts_with(ALIAS_LABEL_PREFIX)
+                        || o.label.starts_with(ADOPTED_LABEL_PREFIX)
                     {
                         out.push(o);
                     }

@@ -131,7 +131,8 @@ pub struct KeyEntry {
     pub description: String,
     /// Labels (tags).
     pub labels: BTreeMap<String, String>,
-    /// When it was created (unknown for config-declared keys).
+    /// When it was created; for config-declared keys, when p11kms first served them (see
+    /// `manager/adopt.rs`), `None` only before start-up has read it.
     pub created_at: Option<SystemTime>,
     /// Who created it (empty for config-declared keys).
     pub created_by: String,
@@ -161,9 +162,10 @@ impl KeyEntry {
             status: key.status.into(),
             source: KeySource::Config,
             folder_id: key.folder_id().to_string(),
-            name: String::new(),
+            name: key.name.clone().unwrap_or_else(|| key.id.clone()),
             description: String::new(),
             labels: BTreeMap::from([(k.to_string(), v.to_string())]),
+            // Until the key manager has read (or recorded) its adoption time on the token.
             created_at: None,
             created_by: String::new(),
             deletion_protection: false,

@@ -28,6 +28,9 @@
 //! documents replace their entries, vanished keys are dropped. A scan never undoes an entry this
 //! replica wrote after the scan began.
 //!
+//! Config-declared keys get their creation time from the token as well: when p11kms first
+//! served them (`adopt.rs`).
+//!
 //! # Delete and purge (`purge.rs`)
 //! A deletion hides the key from signing at once on this replica and within one refresh interval
 //! on the others, and schedules the destruction of its key material: after
@@ -36,6 +39,7 @@
 //! what the token holds, not from the registry, so whichever replica sees a key that is due (or
 //! the leftovers of an interrupted purge or create) finishes the job.
 
+mod adopt;
 mod aliases;
 mod create;
 mod edit;
@@ -243,13 +247,15 @@ impl KeyManager {
         &self.policy
     }
 
-    /// Reads every key created through the API from the token (start-up). Returns how many are
-    /// served; keys that cannot be resolved are logged and left out.
+    /// Reads every key created through the API from the token (start-up), and records the
+    /// adoption time of config-declared keys served for the first time. Returns how many API
+    /// keys are served; keys that cannot be resolved are logged and left out.
     ///
     /// # Errors
-    /// When the token cannot be read.
+    /// When the token cannot be read or written.
     pub async fn load(&self) -> Result<usize, Error> {
         self.refresh(true).await?;
+        self.adopt_config_keys().await?;
         Ok(self.registry.api_keys().len())
     }
 

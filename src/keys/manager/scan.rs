@@ -5,7 +5,7 @@ use super::write::{parse_object, resolved_keys};
 use super::KeyManager;
 use crate::config::ObjectSelector;
 use crate::error::Error;
-use crate::hsm::{DataObject, KeySpec, ALIAS_LABEL_PREFIX, KEY_LABEL_PREFIX};
+use crate::hsm::{DataObject, KeySpec, ADOPTED_LABEL_PREFIX, ALIAS_LABEL_PREFIX, KEY_LABEL_PREFIX};
 use crate::keys::alias::{AliasDoc, AliasEntry};
 use crate::keys::doc::{KeyDoc, VersionState};
 use crate::keys::refresh::MIN_FORCED_SPACING;
@@ -142,6 +142,7 @@ impl KeyManager {
         let retention = self.settings.deletion_retention();
         let mut keys: HashMap<String, Vec<Vec<u8>>> = HashMap::new();
         let mut aliases: HashMap<String, Vec<Vec<u8>>> = HashMap::new();
+        let mut adopted: HashMap<String, Vec<Vec<u8>>> = HashMap::new();
         for object in objects {
             if let Some(id) = object.label.strip_prefix(KEY_LABEL_PREFIX) {
                 keys.entry(id.to_string()).or_default().push(object.value);
@@ -150,8 +151,14 @@ impl KeyManager {
                     .entry(name.to_string())
                     .or_default()
                     .push(object.value);
+            } else if let Some(id) = object.label.strip_prefix(ADOPTED_LABEL_PREFIX) {
+                adopted
+                    .entry(id.to_string())
+                    .or_default()
+                    .push(object.value);
             }
         }
+        self.apply_adoptions(&adopted);
         let mut present = HashSet::new();
         let mut docs = Vec::new();
         for (id, values) in keys {
