@@ -828,7 +828,6 @@ async fn errors_carry_the_request_and_trace_ids_in_headers_and_trailers() {
     let request = prost::Message::encode_to_vec(&AsymmetricSignRequest {
         key_id: dev_key_id(P256),
         message: b"traced".to_vec(),
-        ..Default::default()
     });
     let (head, body, trailers) = call(
         "trace-signed-1",
