@@ -107,6 +107,8 @@ pub const DEFAULT_SOFTHSM_MODULE: &str = "/usr/lib/softhsm/libsofthsm2.so";
 pub const DEV_TOKEN_LABEL: &str = "p11kms-dev";
 /// What the daemon prints on stdout, followed by its address, once it accepts connections.
 pub const READY_PREFIX: &str = "p11kms listening on ";
+/// The line before it that names the TLS listener (`server.tls_listen`).
+pub const TLS_READY_PREFIX: &str = "p11kms TLS listening on ";
 /// How long a daemon may take to print its ready line (debug build, loaded 2-core machine).
 pub const READY_TIMEOUT: Duration = Duration::from_secs(90);
 /// How long a process may take to exit after a signal, or a failing start-up to fail.
@@ -796,12 +798,20 @@ impl Launch {
         launch
     }
 
-    /// `p11kms dev --state-dir <dir> --listen 127.0.0.1:0 --module <softhsm>`.
+    /// `p11kms dev --state-dir <dir> --listen 127.0.0.1:0 --tls-listen 127.0.0.1:0 --module
+    /// <softhsm>` (dev mode's default TLS port is fixed: tests running at once would collide).
     pub fn dev(state_dir: &Path) -> Self {
-        let mut launch = Self::new(["dev", "--listen", "127.0.0.1:0", "--state-dir"])
-            .arg(state_dir)
-            .arg("--module")
-            .arg(softhsm_module());
+        let mut launch = Self::new([
+            "dev",
+            "--listen",
+            "127.0.0.1:0",
+            "--tls-listen",
+            "127.0.0.1:0",
+            "--state-dir",
+        ])
+        .arg(state_dir)
+        .arg("--module")
+        .arg(softhsm_module());
         launch.admin_token_file = Some(state_dir.join(ADMIN_TOKEN_FILE));
         launch
     }
@@ -842,10 +852,15 @@ impl Launch {
         let spawned = Instant::now();
         let mut running = Running::spawn(self.cmd);
         let deadline = Instant::now() + READY_TIMEOUT;
+        let mut tls_addr = None;
         loop {
             match running.next_line(deadline) {
                 Next::Line(line) => {
-                    if let Some(addr) = line.strip_prefix(READY_PREFIX) {
+                    if let Some(addr) = line.strip_prefix(TLS_READY_PREFIX) {
+                        tls_addr = Some(addr.trim().parse().unwrap_or_else(|e| {
+                            panic!("bad address in the TLS line {line:?}: {e}")
+                        }));
+                    } else if let Some(addr) = line.strip_prefix(READY_PREFIX) {
                         let addr = addr.trim().parse().unwrap_or_else(|e| {
                             panic!("bad address in the ready line {line:?}: {e}")
                         });
@@ -857,6 +872,7 @@ impl Launch {
                         return Daemon {
                             running,
                             addr,
+                            tls_addr,
                             admin_token,
                             startup: spawned.elapsed(),
                         };
@@ -1159,6 +1175,8 @@ impl std::fmt::Display for Exited {
 pub struct Daemon {
     running: Running,
     addr: SocketAddr,
+    /// The TLS listener's address (`server.tls_listen`), printed before the ready line.
+    tls_addr: Option<SocketAddr>,
     admin_token: Option<String>,
     startup: Duration,
 }
@@ -1228,6 +1246,11 @@ impl Daemon {
     /// The address from the ready line.
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// The TLS listener's address (dev mode, or `server.tls_listen`); panics without one.
+    pub fn tls_addr(&self) -> SocketAddr {
+        self.tls_addr.expect("this daemon has no TLS listener")
     }
 
     /// From spawning the process to its ready line: loading the module, logging in and
