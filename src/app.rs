@@ -1,7 +1,10 @@
 //! Builds the gateway from a config — HSM, keys, services, listener — and runs it until a
 //! shutdown signal.
 
+use crate::api::admin;
 use crate::api::alibaba;
+use crate::api::alibaba::instance::api_name::ApiName;
+use crate::api::alibaba::openapi::actions as openapi_actions;
 use crate::api::mux::{self, Routes};
 use crate::api::tls::ServerTls;
 use crate::api::transport_audit::TransportAudit;
@@ -13,6 +16,7 @@ use crate::config::Config;
 use crate::hsm::{Hsm, HsmError, KeySpec};
 use crate::keys::manager::KeyRules;
 use crate::keys::{KeyEntry, KeyManager, KeyRegistry};
+use crate::metrics::{MethodNames, Observed};
 use crate::signer::Signer;
 use std::future::Future;
 use std::net::SocketAddr;
@@ -86,6 +90,8 @@ pub struct App {
     tls: Option<Arc<ServerTls>>,
     reload: Reload,
     identity: Arc<Identity>,
+    /// `[admin] listen`: metrics, liveness and readiness.
+    admin: Option<(TcpListener, Observed)>,
 }
 
 /// "Re-read your files": SIGHUP in the binary. Long-lived parts that read files (the TLS
@@ -139,6 +145,8 @@ impl App {
     /// # Errors
     /// As [`App::build`].
     pub async fn build_with_hsm(config: &Config, hsm: Hsm) -> Result<Self, StartError> {
+        // Before anything that counts (key resolution counts pin mismatches).
+        crate::metrics::install();
         // First, so that everything built below can subscribe.
         let reload = Reload::default();
         let specs: Vec<KeySpec> = config.keys.iter().map(KeySpec::from_config).collect();
@@ -231,7 +239,14 @@ impl App {
         let endpoints = EndpointService::new(&advertised);
         let (grpc_router, health) =
             grpc::routes(Arc::clone(&signer), Arc::clone(&manager), endpoints.clone());
-        let grpc_router = grpc_gate::apply(grpc_router, grpc::gate_methods());
+        let gate = grpc::gate_methods();
+        let methods = MethodNames::new(
+            gate.paths()
+                .map(str::to_string)
+                .chain(openapi_actions::ACTIONS.iter().map(|a| a.to_string()))
+                .chain(ApiName::SERVED.iter().map(|a| a.name().to_string())),
+        );
+        let grpc_router = grpc_gate::apply(grpc_router, gate);
         let rest_router = rest::routes(Arc::clone(&signer), Arc::clone(&manager), endpoints);
         let (openapi_router, instance_router) = alibaba::routes(
             Arc::clone(&signer),
@@ -261,6 +276,7 @@ impl App {
                     Arc::clone(&identity),
                     serial.clone(),
                     max_header_list_size,
+                    methods.clone(),
                 );
                 Some((rest_listener, rest))
             }
@@ -270,7 +286,25 @@ impl App {
             &config.server,
             TransportAudit::new(Arc::clone(&identity), serial.clone()),
         );
-        let router = context::apply(router, Arc::clone(&identity), serial, max_header_list_size);
+        let router = context::apply(
+            router,
+            Arc::clone(&identity),
+            serial,
+            max_header_list_size,
+            methods,
+        );
+        let admin = match &config.admin {
+            Some(admin) => {
+                let addr = admin.listen;
+                let listener = TcpListener::bind(addr)
+                    .await
+                    .map_err(|source| StartError::Bind { addr, source })?;
+                let observed =
+                    Observed::new(hsm.clone(), Arc::clone(&identity), Arc::clone(&registry));
+                Some((listener, observed))
+            }
+            None => None,
+        };
         Ok(Self {
             listener,
             router,
@@ -285,6 +319,7 @@ impl App {
             tls,
             reload,
             identity,
+            admin,
         })
     }
 
@@ -310,6 +345,11 @@ impl App {
         self.tls_listener.as_ref().and_then(|l| l.local_addr().ok())
     }
 
+    /// The admin listener's address, with `[admin]`.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin.as_ref().and_then(|(l, _)| l.local_addr().ok())
+    }
+
     /// The REST listener's address, with `server.rest_listen`.
     pub fn rest_addr(&self) -> Option<SocketAddr> {
         self.rest.as_ref().and_then(|(l, _)| l.local_addr().ok())
@@ -333,6 +373,16 @@ impl App {
             tracing::info!(%addr, "serving the REST API on its own listener");
         }
         let stop = CancellationToken::new();
+        // Until the very end: the metrics of the drain are worth scraping too.
+        let admin = self.admin.map(|(listener, observed)| {
+            tracing::info!(addr = ?listener.local_addr().ok(), "serving metrics and probes");
+            tokio::spawn(admin::serve(
+                listener,
+                observed,
+                self.hsm.health(),
+                stop.clone().cancelled_owned(),
+            ))
+        });
         let background = self.hsm.spawn_background(stop.clone());
         let keys = self.manager.spawn_background(stop.clone());
         let health = tokio::spawn(report_health(self.hsm.health(), self.health, stop.clone()));
@@ -397,6 +447,9 @@ impl App {
         );
         stop.cancel();
         let _ = tokio::join!(background, health, keys, identity);
+        if let Some(admin) = admin {
+            let _ = admin.await;
+        }
         // Records of requests cancelled during the drain were queued without waiting.
         self.identity.audit.flush().await;
         if let Some(task) = tls_watch {

@@ -196,6 +196,9 @@ pub struct DevArgs {
     /// (`ca.pem` in the state directory).
     #[arg(long, default_value = "127.0.0.1:50443")]
     pub tls_listen: SocketAddr,
+    /// Address of the admin listener: Prometheus `/metrics`, `/healthz` and `/readyz`.
+    #[arg(long, default_value = crate::config::DEFAULT_ADMIN_LISTEN)]
+    pub admin_listen: SocketAddr,
     /// The SoftHSMv2 module; found in the usual install locations when omitted.
     #[arg(long)]
     pub module: Option<PathBuf>,

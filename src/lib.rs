@@ -48,6 +48,7 @@ pub mod dev;
 pub mod error;
 pub mod hsm;
 pub mod keys;
+pub mod metrics;
 pub mod signer;
 pub mod telemetry;
 

@@ -94,7 +94,10 @@ async fn run(mode: Mode) -> Result<(), Box<dyn std::error::Error>> {
                 return Ok(());
             }
             let app = App::build_with_hsm(&config, hsm).await?;
-            println!("{}", dev::banner(&state, app.local_addr(), app.tls_addr()));
+            println!(
+                "{}",
+                dev::banner(&state, app.local_addr(), app.tls_addr(), app.admin_addr())
+            );
             app
         }
     };
@@ -116,6 +119,9 @@ async fn run(mode: Mode) -> Result<(), Box<dyn std::error::Error>> {
     }
     if let Some(addr) = app.tls_addr() {
         println!("p11kms TLS listening on {addr}");
+    }
+    if let Some(addr) = app.admin_addr() {
+        println!("p11kms admin listening on {addr}");
     }
     println!("p11kms listening on {}", app.local_addr());
     app.run(shutdown_signal(term, int)).await;

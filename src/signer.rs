@@ -339,6 +339,7 @@ impl Signer {
         if p.scheme.is_rsa() || self.verify_ecdsa {
             if let Err(e) = public_key.verify_prehash(p.scheme, &p.digest, &signature) {
                 self.verify_failures.fetch_add(1, Ordering::Relaxed);
+                crate::metrics::verify_failure();
                 tracing::error!(
                     key_id = %p.key.id,
                     version_id = %p.version.id,

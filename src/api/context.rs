@@ -45,6 +45,7 @@ use crate::auth::audit::{self, Record, SubjectRecord};
 use crate::auth::rate_limit::RateKey;
 use crate::auth::{Caller, Identity, RequestContext};
 use crate::error::Error;
+use crate::metrics::MethodNames;
 use axum::body::Body;
 use http::{HeaderMap, HeaderValue, Request, Response};
 use std::convert::Infallible;
@@ -86,12 +87,14 @@ pub fn apply(
     identity: Arc<Identity>,
     token_serial: String,
     max_header_list_size: usize,
+    methods: MethodNames,
 ) -> axum::Router {
     router.layer(ContextLayer {
         shared: Arc::new(Shared {
             identity,
             token_serial,
             max_header_list_size,
+            methods,
         }),
     })
 }
@@ -306,6 +309,8 @@ struct Shared {
     identity: Arc<Identity>,
     token_serial: String,
     max_header_list_size: usize,
+    /// The methods counted under their own name in the request metrics.
+    methods: MethodNames,
 }
 
 /// The layer; see the module docs.
@@ -580,6 +585,12 @@ impl Shared {
         let outcome = protocol.outcome(&response);
         let record = pending.record(outcome);
         pending.done = true;
+        crate::metrics::request(
+            record.protocol,
+            self.methods.label(&record.rpc),
+            record.outcome,
+            started.elapsed(),
+        );
         if let Err(e) = identity.audit.write(&record).await {
             if identity.audit.required() {
                 span.in_scope(|| {

@@ -97,6 +97,11 @@ impl Methods {
     pub fn knows(&self, path: &str) -> bool {
         self.by_path.contains_key(path)
     }
+
+    /// Every method's path.
+    pub fn paths(&self) -> impl Iterator<Item = &str> {
+        self.by_path.keys().map(String::as_str)
+    }
 }
 
 /// Puts the gate in front of `router` (gRPC requests only; others pass untouched).

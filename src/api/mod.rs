@@ -3,6 +3,7 @@
 //! owns its wire types and maps them to and from the core's domain types ([`crate::signer`],
 //! [`crate::keys`]) at its edge; nothing below `api/<cloud>/` imports them.
 
+pub mod admin;
 pub mod alibaba;
 pub mod body_budget;
 pub mod conn_limit;

@@ -280,8 +280,12 @@ async fn connection(shared: Arc<Shared>, stream: TcpStream, remote: SocketAddr, 
     };
     let stream = match outcome {
         Ok(Ok(stream)) => stream,
-        Ok(Err(e)) => return log_handshake_failure(remote, &e),
+        Ok(Err(e)) => {
+            crate::metrics::tls_handshake_failure();
+            return log_handshake_failure(remote, &e);
+        }
         Err(_elapsed) => {
+            crate::metrics::tls_handshake_failure();
             // Dropping the half-open stream closes the socket: nothing stays behind.
             tracing::debug!(%remote, timeout = ?shared.limits.setup_timeout, "TLS handshake timed out; disconnected");
             return;

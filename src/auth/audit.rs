@@ -21,8 +21,9 @@ use crate::config::{AuditConfig, AuditSink};
 use serde::Serialize;
 use std::io::Write as _;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{self, SyncSender, TrySendError};
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 use tokio::sync::oneshot;
 
@@ -196,6 +197,8 @@ pub struct AuditLog {
     healthy: AtomicBool,
     written: AtomicU64,
     failed: AtomicU64,
+    /// Records queued and not yet taken by the writer.
+    queued: Arc<AtomicUsize>,
 }
 
 impl AuditLog {
@@ -214,6 +217,7 @@ impl AuditLog {
                     healthy: AtomicBool::new(true),
                     written: AtomicU64::new(0),
                     failed: AtomicU64::new(0),
+                    queued: Arc::default(),
                 });
             }
             AuditSink::Stdout => Target::Stdout,
@@ -227,9 +231,11 @@ impl AuditLog {
             tracing::error!(error = %e, "cannot open the audit file; records are lost until it can be opened");
         }
         let (tx, rx) = mpsc::sync_channel(QUEUE);
+        let queued = Arc::new(AtomicUsize::new(0));
+        let taken = Arc::clone(&queued);
         std::thread::Builder::new()
             .name("p11kms-audit".into())
-            .spawn(move || writer(sink, rx))
+            .spawn(move || writer(sink, rx, &taken))
             .map_err(|e| format!("cannot start the audit writer: {e}"))?;
         Ok(Self {
             tx: Some(tx),
@@ -238,6 +244,7 @@ impl AuditLog {
             healthy: AtomicBool::new(true),
             written: AtomicU64::new(0),
             failed: AtomicU64::new(0),
+            queued,
         })
     }
 
@@ -256,6 +263,24 @@ impl AuditLog {
         self.failed.load(Ordering::Relaxed)
     }
 
+    /// Records waiting for the writer now.
+    pub fn queued(&self) -> usize {
+        self.queued.load(Ordering::Relaxed)
+    }
+
+    /// Whether the last record was written (false during an outage of the sink).
+    pub fn healthy(&self) -> bool {
+        self.healthy.load(Ordering::Acquire)
+    }
+
+    /// Sends one line to the writer, counting it as queued while it waits.
+    fn send(&self, tx: &SyncSender<Cmd>, cmd: Cmd) -> Result<(), TrySendError<Cmd>> {
+        self.queued.fetch_add(1, Ordering::Relaxed);
+        tx.try_send(cmd).inspect_err(|_| {
+            self.queued.fetch_sub(1, Ordering::Relaxed);
+        })
+    }
+
     /// Writes `record` and waits (up to the write timeout) until it is in the sink.
     ///
     /// # Errors
@@ -265,7 +290,7 @@ impl AuditLog {
             return Ok(());
         };
         let (ack, done) = oneshot::channel();
-        let outcome = match tx.try_send(Cmd::Line(line(record), Some(ack))) {
+        let outcome = match self.send(tx, Cmd::Line(line(record), Some(ack))) {
             Err(TrySendError::Full(_)) => Err(AuditError::QueueFull),
             Err(TrySendError::Disconnected(_)) => Err(AuditError::Stopped),
             Ok(()) => match tokio::time::timeout(self.timeout, done).await {
@@ -282,7 +307,7 @@ impl AuditLog {
     /// Queues `record` without waiting (a request whose client went away).
     pub fn write_detached(&self, record: &Record) {
         if let Some(tx) = &self.tx {
-            let outcome = match tx.try_send(Cmd::Line(line(record), None)) {
+            let outcome = match self.send(tx, Cmd::Line(line(record), None)) {
                 Ok(()) => Ok(()),
                 Err(TrySendError::Full(_)) => Err(AuditError::QueueFull),
                 Err(TrySendError::Disconnected(_)) => Err(AuditError::Stopped),
@@ -420,7 +445,7 @@ impl Sink {
     }
 }
 
-fn writer(mut sink: Sink, rx: mpsc::Receiver<Cmd>) {
+fn writer(mut sink: Sink, rx: mpsc::Receiver<Cmd>, queued: &AtomicUsize) {
     let mut buf = Vec::new();
     let mut acks = Vec::new();
     let flush = |sink: &mut Sink, buf: &mut Vec<u8>, acks: &mut Vec<oneshot::Sender<_>>| {
@@ -445,6 +470,7 @@ fn writer(mut sink: Sink, rx: mpsc::Receiver<Cmd>) {
         while let Some(cmd) = next.take() {
             match cmd {
                 Cmd::Line(line, ack) => {
+                    queued.fetch_sub(1, Ordering::Relaxed);
                     buf.extend_from_slice(&line);
                     acks.extend(ack);
                 }

@@ -59,6 +59,11 @@ fn ip_bucket(rps: f64, burst: u32, what: &'static str) -> Option<IpBucket> {
     })
 }
 
+/// Counts a request refused by the `bucket` limit.
+fn limited(bucket: &'static str) {
+    crate::metrics::rate_limited(bucket);
+}
+
 impl RateLimiter {
     /// From `[rate_limit]` (validated at load).
     pub fn from_config(cfg: &RateLimitConfig) -> Self {
@@ -91,6 +96,7 @@ impl RateLimiter {
     /// As [`RateLimiter::check`].
     pub fn check_anonymous(&self, ip: IpAddr) -> Result<(), String> {
         self.check_ip(self.anonymous.as_ref(), ip)
+            .inspect_err(|_| limited("anonymous"))
     }
 
     /// Takes one health check from `ip`'s bucket.
@@ -99,6 +105,7 @@ impl RateLimiter {
     /// As [`RateLimiter::check`].
     pub fn check_health(&self, ip: IpAddr) -> Result<(), String> {
         self.check_ip(self.health.as_ref(), ip)
+            .inspect_err(|_| limited("health"))
     }
 
     fn check_ip(&self, bucket: Option<&IpBucket>, ip: IpAddr) -> Result<(), String> {
@@ -131,6 +138,7 @@ impl RateLimiter {
             return Ok(());
         };
         limiter.check_key(key).map_err(|not_until| {
+            limited("subject");
             let wait = not_until.wait_time_from(self.clock.now());
             format!(
                 "rate limit exceeded: at most {} requests per second per caller; back off and \

@@ -51,6 +51,8 @@ impl Launch {
             "127.0.0.1:0".into(),
             "--tls-listen".into(),
             "127.0.0.1:0".into(),
+            "--admin-listen".into(),
+            "127.0.0.1:0".into(),
         ];
         if let Some(m) = module {
             args.push("--module".into());

@@ -286,6 +286,7 @@ impl State {
             state_dir: dir.clone(),
             listen: "127.0.0.1:0".parse().expect("a valid address"),
             tls_listen: "127.0.0.1:0".parse().expect("a valid address"),
+            admin_listen: "127.0.0.1:0".parse().expect("a valid address"),
             module: args.module.clone(),
             init_only: false,
         };

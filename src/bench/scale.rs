@@ -416,6 +416,9 @@ pub(super) fn config_on_own_token(plan: &Plan, state_dir: &Path) -> Result<toml:
         server.insert("tls_listen".into(), "127.0.0.1:0".into());
     }
     table.insert("server".into(), server.into());
+    if let Some(admin) = table.get_mut("admin").and_then(toml::Value::as_table_mut) {
+        admin.insert("listen".into(), "127.0.0.1:0".into());
+    }
     let mut hsm = section(&mut table, "hsm")?;
     hsm.remove("token_serial");
     hsm.insert("token_label".into(), SCALE_LABEL.into());

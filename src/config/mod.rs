@@ -59,6 +59,25 @@ pub struct Config {
     /// The Alibaba Cloud KMS fronts.
     #[serde(default)]
     pub alibaba: AlibabaConfig,
+    /// The admin listener (metrics, liveness, readiness); none without the section.
+    pub admin: Option<AdminConfig>,
+}
+
+/// `[admin]`: `/metrics`, `/healthz` and `/readyz` on a listener of their own.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminConfig {
+    /// Address the admin listener binds (default [`DEFAULT_ADMIN_LISTEN`], loopback). It
+    /// answers without credentials: keep it on loopback or a network only monitoring reaches.
+    #[serde(default = "default_admin_listen")]
+    pub listen: SocketAddr,
+}
+
+/// The admin listener's default address (Prometheus exporters' customary port).
+pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9464";
+
+fn default_admin_listen() -> SocketAddr {
+    DEFAULT_ADMIN_LISTEN.parse().expect("a valid address")
 }
 
 /// `[server]`
@@ -692,6 +711,19 @@ impl Config {
         self.audit.validate(base)?;
         self.rate_limit.validate()?;
         self.alibaba.validate(base)?;
+        if let Some(admin) = &self.admin {
+            let api = [
+                Some(self.server.listen),
+                self.server.tls_listen,
+                self.server.rest_listen,
+            ];
+            if admin.listen.port() != 0 && api.contains(&Some(admin.listen)) {
+                return Err(err(format!(
+                    "admin.listen: {} is also an API listener; the admin endpoints answer                      without credentials and need an address of their own",
+                    admin.listen
+                )));
+            }
+        }
         let hsm = &mut self.hsm;
         match (&hsm.token_label, &hsm.token_serial) {
             (Some(_), Some(_)) => {

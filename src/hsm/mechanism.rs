@@ -34,6 +34,16 @@ pub(crate) fn sign_mechanism(scheme: Scheme) -> Mechanism<'static> {
     }
 }
 
+/// The name of the mechanism [`sign_mechanism`] picks, for metrics.
+pub(crate) fn sign_mechanism_name(scheme: Scheme) -> &'static str {
+    match scheme {
+        Scheme::Ecdsa(_) => "CKM_ECDSA",
+        Scheme::RsaPkcs1(_) => "CKM_RSA_PKCS",
+        Scheme::RsaPss(_) => "CKM_RSA_PKCS_PSS",
+        Scheme::Sm2 => "SM2",
+    }
+}
+
 /// What `C_Sign` signs for `digest`: the digest itself, or for PKCS#1 v1.5 the DER DigestInfo
 /// around it (`CKM_RSA_PKCS` pads what it is given and nothing more).
 pub(crate) fn sign_input(scheme: Scheme, digest: &[u8]) -> Vec<u8> {

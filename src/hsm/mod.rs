@@ -367,7 +367,13 @@ impl Hsm {
                 .run(epoch, deadline, move |session, _| {
                     // Built on the worker: cryptoki mechanisms hold raw pointers and are not Send.
                     let mechanism = mechanism::sign_mechanism(scheme);
-                    session.sign(&mechanism, handle, &input).context("C_Sign")
+                    let started = std::time::Instant::now();
+                    let signed = session.sign(&mechanism, handle, &input).context("C_Sign");
+                    crate::metrics::sign_call(
+                        mechanism::sign_mechanism_name(scheme),
+                        started.elapsed(),
+                    );
+                    signed
                 })
                 .await;
             let Err(e) = outcome else { return outcome };
@@ -612,6 +618,7 @@ impl Shared {
 /// Refuses a key whose public key differs from the operator's pin or from the one first seen.
 fn check_pin(spec: &KeySpec, key: &PublicKey, pinned: Option<&Vec<u8>>) -> Result<(), HsmError> {
     let refuse = |reason: String| {
+        crate::metrics::pin_mismatch();
         tracing::error!(
             key_id = %spec.key_id,
             fingerprint = %key.fingerprint(),

@@ -90,12 +90,16 @@ impl SessionPool {
     {
         let ticket = Arc::new(AtomicU8::new(QUEUED));
         let (tx, rx) = oneshot::channel();
-        self.dispatch.submit(Job {
-            ticket: Arc::clone(&ticket),
-            work: Box::new(move || {
-                let _ = tx.send(work());
-            }),
-        })?;
+        // One waiter until a thread starts the work or the caller abandons it.
+        crate::metrics::pool_waiters(1.0);
+        self.dispatch
+            .submit(Job {
+                ticket: Arc::clone(&ticket),
+                work: Box::new(move || {
+                    let _ = tx.send(work());
+                }),
+            })
+            .inspect_err(|_| crate::metrics::pool_waiters(-1.0))?;
         // Dropped when the caller is cancelled or gives up: queued work is then never run.
         let _abandon = Abandon(&ticket);
         let wait_until = Instant::now() + self.wait;
@@ -107,6 +111,7 @@ impl SessionPool {
             Err(_) if abandon(&ticket) => Err(if deadline.is_some_and(|d| d <= wait_until) {
                 HsmError::DeadlineExceeded
             } else {
+                crate::metrics::pool_wait_timeout();
                 HsmError::PoolExhausted(self.wait)
             }),
             // Started: it finishes whatever the caller does; the deadline bounds the wait.
@@ -192,9 +197,13 @@ const ABANDONED: u8 = 2;
 
 /// Marks queued work as abandoned; false if a thread has already started it.
 fn abandon(ticket: &AtomicU8) -> bool {
-    ticket
+    let abandoned = ticket
         .compare_exchange(QUEUED, ABANDONED, Ordering::AcqRel, Ordering::Acquire)
-        .is_ok()
+        .is_ok();
+    if abandoned {
+        crate::metrics::pool_waiters(-1.0);
+    }
+    abandoned
 }
 
 struct Abandon<'a>(&'a AtomicU8);
@@ -286,6 +295,7 @@ impl Dispatch {
             {
                 continue; // its caller gave up while it was queued
             }
+            crate::metrics::pool_waiters(-1.0);
             self.running.fetch_add(1, Ordering::Relaxed);
             // A panicking call drops its result sender, so its caller gets a `Worker` error;
             // the thread lives on.

@@ -109,6 +109,8 @@ pub const DEV_TOKEN_LABEL: &str = "p11kms-dev";
 pub const READY_PREFIX: &str = "p11kms listening on ";
 /// The line before it that names the TLS listener (`server.tls_listen`).
 pub const TLS_READY_PREFIX: &str = "p11kms TLS listening on ";
+/// The line before it that names the admin listener (`[admin] listen`).
+pub const ADMIN_READY_PREFIX: &str = "p11kms admin listening on ";
 /// How long a daemon may take to print its ready line (debug build, loaded 2-core machine).
 pub const READY_TIMEOUT: Duration = Duration::from_secs(90);
 /// How long a process may take to exit after a signal, or a failing start-up to fail.
@@ -319,6 +321,8 @@ impl TestToken {
         let token = TestToken { dir };
         token.point_softhsm_at_copy();
         token.set_server("listen", "127.0.0.1:0");
+        // Dev mode's admin listener has a fixed port too: an ephemeral one here.
+        token.set_config("admin", "listen", "127.0.0.1:0");
         // Dev mode's second, TLS listener has a fixed port and its own certificate; tests that
         // want TLS configure it themselves ([`tls`]).
         token.edit_config(|t| {
@@ -807,6 +811,8 @@ impl Launch {
             "127.0.0.1:0",
             "--tls-listen",
             "127.0.0.1:0",
+            "--admin-listen",
+            "127.0.0.1:0",
             "--state-dir",
         ])
         .arg(state_dir)
@@ -853,12 +859,17 @@ impl Launch {
         let mut running = Running::spawn(self.cmd);
         let deadline = Instant::now() + READY_TIMEOUT;
         let mut tls_addr = None;
+        let mut admin_addr = None;
         loop {
             match running.next_line(deadline) {
                 Next::Line(line) => {
                     if let Some(addr) = line.strip_prefix(TLS_READY_PREFIX) {
                         tls_addr = Some(addr.trim().parse().unwrap_or_else(|e| {
                             panic!("bad address in the TLS line {line:?}: {e}")
+                        }));
+                    } else if let Some(addr) = line.strip_prefix(ADMIN_READY_PREFIX) {
+                        admin_addr = Some(addr.trim().parse().unwrap_or_else(|e| {
+                            panic!("bad address in the admin line {line:?}: {e}")
                         }));
                     } else if let Some(addr) = line.strip_prefix(READY_PREFIX) {
                         let addr = addr.trim().parse().unwrap_or_else(|e| {
@@ -873,6 +884,7 @@ impl Launch {
                             running,
                             addr,
                             tls_addr,
+                            admin_addr,
                             admin_token,
                             startup: spawned.elapsed(),
                         };
@@ -1177,6 +1189,8 @@ pub struct Daemon {
     addr: SocketAddr,
     /// The TLS listener's address (`server.tls_listen`), printed before the ready line.
     tls_addr: Option<SocketAddr>,
+    /// The admin listener's address (`[admin] listen`).
+    admin_addr: Option<SocketAddr>,
     admin_token: Option<String>,
     startup: Duration,
 }
@@ -1246,6 +1260,11 @@ impl Daemon {
     /// The address from the ready line.
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// The admin listener's address (`[admin]`); panics without one.
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin_addr.expect("this daemon has no admin listener")
     }
 
     /// The TLS listener's address (dev mode, or `server.tls_listen`); panics without one.

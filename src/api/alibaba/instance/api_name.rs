@@ -39,6 +39,14 @@ pub enum ApiName {
 }
 
 impl ApiName {
+    /// The APIs p11kms serves.
+    pub const SERVED: [ApiName; 4] = [
+        ApiName::Sign,
+        ApiName::Verify,
+        ApiName::GetPublicKey,
+        ApiName::GenerateRandom,
+    ];
+
     /// The API a header value names.
     ///
     /// # Errors

@@ -52,6 +52,32 @@ pub struct Call<'a> {
     pub deadline: Option<Instant>,
 }
 
+/// Every action [`Actions::run`] serves.
+pub const ACTIONS: [&str; 22] = [
+    "AsymmetricSign",
+    "AsymmetricVerify",
+    "GetPublicKey",
+    "CreateKey",
+    "DescribeKey",
+    "ListKeys",
+    "EnableKey",
+    "DisableKey",
+    "ScheduleKeyDeletion",
+    "CancelKeyDeletion",
+    "UpdateKeyDescription",
+    "CreateKeyVersion",
+    "ListKeyVersions",
+    "DescribeKeyVersion",
+    "CreateAlias",
+    "UpdateAlias",
+    "DeleteAlias",
+    "ListAliases",
+    "ListAliasesByKeyId",
+    "TagResource",
+    "UntagResource",
+    "ListResourceTags",
+];
+
 impl Actions {
     /// Actions over the shared core.
     pub fn new(signer: Arc<Signer>, manager: Arc<KeyManager>) -> Self {
