@@ -356,6 +356,7 @@ async fn refusals_cost_no_hsm_call() {
     let mut node = Command::new("node");
     node.arg(repo().join("tests/interop/alibaba_openapi_sdk.js"))
         .arg(daemon.addr().to_string())
+        .arg(dev_key_id(Algorithm::Rsa2048PssSha256))
         .env("NODE_PATH", node_modules())
         .current_dir(repo().join("tests/interop"));
     let node = run_script(node, &ak).await;

@@ -2,11 +2,11 @@
 // Drives p11kms's Alibaba OpenAPI front, served by the real daemon, with the official npm SDK
 // @alicloud/kms20160120 (RPC v1 HMAC-SHA1 signer), unmodified: CreateKey (EC_P256),
 // DescribeKey, GetPublicKey, AsymmetricSign and AsymmetricVerify (true and false) on it, and an
-// RSA-PSS signature with the config's RSA-2048 key. Every signature is verified with Node's
+// RSA-PSS signature with the config's RSA-2048 key RSA_KEY_ID. Every signature is verified with Node's
 // crypto (OpenSSL) against the PEM GetPublicKey returned. Prints one JSON line:
 // {"verified": <signatures verified>, "calls": {...}}.
 //
-// Usage: node alibaba_openapi_sdk.js ENDPOINT
+// Usage: node alibaba_openapi_sdk.js ENDPOINT RSA_KEY_ID
 // P11KMS_ALIBABA_AK_ID and P11KMS_ALIBABA_AK_SECRET (environment): the AccessKey pair; the
 // secret never appears on a command line and is never printed. Sockets may only connect to
 // loopback addresses.
@@ -15,8 +15,6 @@
 const assert = require('assert');
 const crypto = require('crypto');
 const net = require('net');
-
-const RSA_KEY = 'dev-rsa-2048-pss-sha-256';
 
 function loopbackOnly() {
   const connect = net.Socket.prototype.connect;
@@ -35,11 +33,11 @@ function loopbackOnly() {
 }
 
 async function main() {
-  const [endpoint] = process.argv.slice(2);
+  const [endpoint, RSA_KEY] = process.argv.slice(2);
   const akId = process.env.P11KMS_ALIBABA_AK_ID || '';
   const secret = process.env.P11KMS_ALIBABA_AK_SECRET || '';
-  if (!endpoint || !akId || !secret) {
-    console.error('usage: P11KMS_ALIBABA_AK_ID=… P11KMS_ALIBABA_AK_SECRET=… node alibaba_openapi_sdk.js ENDPOINT');
+  if (!endpoint || !RSA_KEY || !akId || !secret) {
+    console.error('usage: P11KMS_ALIBABA_AK_ID=… P11KMS_ALIBABA_AK_SECRET=… node alibaba_openapi_sdk.js ENDPOINT RSA_KEY_ID');
     process.exit(2);
   }
   for (const v of ['HTTP_PROXY', 'HTTPS_PROXY', 'http_proxy', 'https_proxy']) {
