@@ -22,7 +22,6 @@ mod common;
 mod key_service_support;
 
 use common::faultshim::Shim;
-use common::tls::{Ca, Mtls, TlsDir};
 use common::{dev_key_id, verify, Daemon, Launch, TestToken};
 use key_service_support::Clients;
 use p11kms::crypto::Algorithm;
@@ -174,11 +173,16 @@ async fn yandex_signs_for(daemon: &Daemon, key_id: &str, algorithm: Algorithm, p
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn python_sdks_drive_every_action() {
     let token = TestToken::dev();
-    let ca = Ca::new("p11kms Alibaba SDK test CA");
-    let (pki, _) = TlsDir::new(&ca);
-    let ca_file = pki.client_ca_path(); // the CA's certificate, PEM: what clients trust
+    // Dev mode's TLS listener (which the token copy leaves out), on an ephemeral port, with
+    // the dev CA's certificate: clients trust `ca.pem`, as the dev banner tells them.
+    let state = token.state_dir();
+    let ca_file = state.join("ca.pem");
+    let mut tls = toml::Table::new();
+    for (field, file) in [("cert_file", "tls.crt"), ("key_file", "tls.key")] {
+        tls.insert(field.into(), state.join(file).display().to_string().into());
+    }
     token.set_server("tls_listen", "127.0.0.1:0");
-    token.set_server("tls", pki.config(Mtls::Off));
+    token.set_server("tls", tls);
     let daemon = Launch::serve(&token).start();
     let tls_addr: SocketAddr = daemon
         .stdout()
@@ -264,7 +268,10 @@ async fn python_sdks_drive_every_action() {
     // its key service (with the tags as labels) and signing through its crypto service.
     for (spec, key) in summary["keys"].as_object().expect("keys") {
         let id = key["KeyId"].as_str().unwrap();
-        let got = yandex.get(id).await.expect("the Yandex key service sees it");
+        let got = yandex
+            .get(id)
+            .await
+            .expect("the Yandex key service sees it");
         assert_eq!(got.signature_algorithm, algorithm_of(spec).to_proto());
         yandex_signs_for(
             &daemon,
@@ -274,9 +281,15 @@ async fn python_sdks_drive_every_action() {
         )
         .await;
     }
-    for (client, key) in summary["lifecycle_keys"].as_object().expect("lifecycle keys") {
+    for (client, key) in summary["lifecycle_keys"]
+        .as_object()
+        .expect("lifecycle keys")
+    {
         let id = key["KeyId"].as_str().unwrap();
-        let got = yandex.get(id).await.expect("the Yandex key service sees it");
+        let got = yandex
+            .get(id)
+            .await
+            .expect("the Yandex key service sees it");
         assert_eq!(
             got.labels.get("team").map(String::as_str),
             Some(client.as_str())
@@ -303,7 +316,10 @@ async fn python_sdks_drive_every_action() {
         .iter()
         .filter_map(Value::as_str)
         .collect();
-    for id in [made_by_yandex.id.clone(), dev_key_id(Algorithm::EcdsaP521Sha512)] {
+    for id in [
+        made_by_yandex.id.clone(),
+        dev_key_id(Algorithm::EcdsaP521Sha512),
+    ] {
         assert!(listed.contains(&id.as_str()), "ListKeys lacks {id}");
     }
 }
@@ -320,6 +336,7 @@ async fn refusals_cost_no_hsm_call() {
     let args = json!({ "endpoint": daemon.addr().to_string(), "key_id": key_id });
     let summary = run_script(python_script("refusals", &args), &ak).await;
     let after = hsm_work(&mut shim).await;
+    eprintln!("token work before the refusals {before:?}, after {after:?}");
     assert_eq!(
         before, after,
         "a refused request reached the token: {summary}"
