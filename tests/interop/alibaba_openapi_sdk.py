@@ -695,6 +695,22 @@ def bad_input_cases(key_id, version):
          "InvalidParameter", 400, "Tags", "reserved tag key"),
         ("TagResource", {"KeyId": key_id, "Tags": json.dumps([{"TagKey": "k" * 129}])},
          "InvalidParameter", 400, "Tags", "tag key too long"),
+        ("TagResource", {"KeyId": key_id, "Tags": json.dumps(
+            [{"TagKey": f"k{i}", "TagValue": "v"} for i in range(21)])},
+         "InvalidParameter", 400, "Tags", "21 tags"),
+        ("TagResource",
+         {"KeyId": key_id, "Tags": json.dumps([{"TagKey": "k", "TagValue": "v" * 129}])},
+         "InvalidParameter", 400, "Tags", "tag value too long"),
+        ("UntagResource", {"KeyId": key_id, "TagKeys": json.dumps([f"k{i}" for i in range(21)])},
+         "InvalidParameter", 400, "TagKeys", "21 tag keys"),
+        ("ListKeys", {"Filters": json.dumps(
+            [{"Key": "KeySpec", "Values": ["EC_P256"]} for _ in range(11)])},
+         "InvalidParameter", 400, "Filters", "11 filters"),
+        ("ListKeys", {"Filters": json.dumps(
+            [{"Key": "KeySpec", "Values": [f"v{i}" for i in range(11)]}])},
+         "InvalidParameter", 400, "Filters", "a filter of 11 values"),
+        ("ScheduleKeyDeletion", {"KeyId": key_id, "PendingWindowInDays": "9" * 30},
+         "InvalidParameter", 400, "PendingWindowInDays", "a 30-digit window"),
         ("Encrypt", {"KeyId": key_id, "Plaintext": "aGk="}, "UnsupportedOperation", 400, None,
          "an action p11kms does not serve"),
         # The query string counts toward server.max_header_list_size (16 KiB by default).
