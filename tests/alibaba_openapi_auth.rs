@@ -3,8 +3,9 @@
 //! the legacy `aliyun-python-sdk-core` + `aliyun-python-sdk-kms`, and npm
 //! `@alicloud/kms20160120` (all pinned in `tests/interop/`).
 //!
-//! The action handlers are not built yet, so the SDKs talk to a small test server in this
-//! binary: it runs p11kms's request reading and authentication, then answers AsymmetricSign
+//! This binary tests the authentication alone (`tests/alibaba_openapi_sdk.rs` runs the same
+//! SDKs against the real daemon). The SDKs talk to a small test server in this binary, which
+//! runs p11kms's request reading and authentication, then answers AsymmetricSign
 //! with a signature of the Digest by a P-256 key made here (RustCrypto); the scripts verify
 //! every signature they receive with `cryptography` or Node's crypto. Each SDK must get
 //! through with the right secret, and surface the precise code for a wrong secret, an unknown

@@ -199,7 +199,15 @@ impl Protocol {
                 );
                 r
             }
-            Protocol::Rest | Protocol::AlibabaOpenApi | Protocol::AlibabaInstance => {
+            // The OpenAPI carries every parameter in the query string, which counts toward the
+            // header list: over the limit, the request cannot be read, and saying so is not
+            // throttling. `Rejected.Throttling` (what ResourceExhausted maps to) would tell
+            // Alibaba clients to retry a request that can never pass.
+            Protocol::AlibabaOpenApi => {
+                crate::api::alibaba::openapi::OpenApiError::unparseable(message)
+                    .into_response(request_id, "")
+            }
+            Protocol::Rest | Protocol::AlibabaInstance => {
                 self.error(Code::ResourceExhausted, message, request_id)
             }
         };
