@@ -384,6 +384,7 @@ impl App {
             ))
         });
         let background = self.hsm.spawn_background(stop.clone());
+        let watchdog = tokio::spawn(crate::systemd::watchdog(self.hsm.clone(), stop.clone()));
         let keys = self.manager.spawn_background(stop.clone());
         let health = tokio::spawn(report_health(self.hsm.health(), self.health, stop.clone()));
         let identity = self
@@ -424,6 +425,7 @@ impl App {
         tokio::join!(
             async {
                 shutdown.await;
+                crate::systemd::stopping();
                 stop_serving.cancel();
             },
             server::serve(
@@ -446,7 +448,7 @@ impl App {
             },
         );
         stop.cancel();
-        let _ = tokio::join!(background, health, keys, identity);
+        let _ = tokio::join!(background, health, keys, identity, watchdog);
         if let Some(admin) = admin {
             let _ = admin.await;
         }

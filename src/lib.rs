@@ -50,6 +50,7 @@ pub mod hsm;
 pub mod keys;
 pub mod metrics;
 pub mod signer;
+pub mod systemd;
 pub mod telemetry;
 
 pub use app::App;

@@ -124,6 +124,8 @@ async fn run(mode: Mode) -> Result<(), Box<dyn std::error::Error>> {
         println!("p11kms admin listening on {addr}");
     }
     println!("p11kms listening on {}", app.local_addr());
+    // The listeners are bound: connections queue until the serve loop takes them.
+    p11kms::systemd::ready();
     app.run(shutdown_signal(term, int)).await;
     Ok(())
 }

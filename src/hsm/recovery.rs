@@ -63,6 +63,9 @@ pub(crate) struct Control {
     attempts: AtomicU64,
     reinits: AtomicU64,
     probe_interval: Duration,
+    /// When the probe loop last finished a round without a hung token call (see
+    /// [`Hsm::probe_heartbeat`]).
+    heartbeat: Mutex<std::time::Instant>,
 }
 
 impl Control {
@@ -76,7 +79,12 @@ impl Control {
             attempts: AtomicU64::new(0),
             reinits: AtomicU64::new(0),
             probe_interval,
+            heartbeat: Mutex::new(std::time::Instant::now()),
         }
+    }
+
+    fn beat(&self) {
+        *self.heartbeat.lock().unwrap_or_else(|p| p.into_inner()) = std::time::Instant::now();
     }
 
     pub(crate) fn credential_failed(&self) -> bool {
@@ -101,6 +109,18 @@ impl Hsm {
     /// Whether the token answers and requests are served; changes are pushed to subscribers.
     pub fn health(&self) -> watch::Receiver<bool> {
         self.shared.recovery.healthy.subscribe()
+    }
+
+    /// When the token probe last got an answer (or found recovery in charge). A probe whose
+    /// call into the module never returns stops it: only a restart frees a module wedged in a
+    /// call, which is what the systemd watchdog is for (`app::watchdog`).
+    pub fn probe_heartbeat(&self) -> std::time::Instant {
+        *self
+            .shared
+            .recovery
+            .heartbeat
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
     }
 
     /// Asks for recovery after a failure seen in `epoch`; a no-op when that epoch is already
@@ -260,7 +280,9 @@ impl Hsm {
                 () = stop.cancelled() => return,
             }
             if !self.shared.up.load(Ordering::Acquire) {
-                continue; // recovery owns the token now
+                // Recovery owns the token now and retries on its own: the process is not stuck.
+                self.shared.recovery.beat();
+                continue;
             }
             // A probe still running means the token is hanging; never stack another one.
             if let Some(running) = &probe {
@@ -275,10 +297,12 @@ impl Hsm {
             match tokio::time::timeout(interval, &mut task).await {
                 Ok(Ok(Ok(()))) => {
                     self.shared.recovery.healthy.send_replace(true);
+                    self.shared.recovery.beat();
                     probe = None;
                 }
                 Ok(Ok(Err(e))) => {
                     probe = None;
+                    self.shared.recovery.beat();
                     let need = match e.class() {
                         Some(ErrorClass::Login) => Need::Relogin,
                         _ => Need::Reinit,
