@@ -335,9 +335,15 @@ mod tests {
         };
         assert!(p12_keystore::KeyStore::from_pkcs12(&p12, "wrong").is_err());
         let loaded = load(&created.key_file, &SecretString::from(password.clone())).unwrap();
-        assert_eq!((loaded.id.as_str(), &loaded.private), (created.id.as_str(), &private));
+        assert_eq!(
+            (loaded.id.as_str(), &loaded.private),
+            (created.id.as_str(), &private)
+        );
         let wrong = load(&created.key_file, &SecretString::from("wrong")).unwrap_err();
-        assert!(wrong.contains("does not open with this password"), "{wrong}");
+        assert!(
+            wrong.contains("does not open with this password"),
+            "{wrong}"
+        );
 
         // The config entry, pasted under a config, names the certificate of that very key.
         #[derive(serde::Deserialize)]

@@ -268,6 +268,11 @@ pub struct BenchArgs {
     /// once per `--state-dir` and reused.
     #[arg(long, value_delimiter = ',')]
     pub scale: Vec<usize>,
+    /// A key-service run instead of the algorithm runs: create this many P-256 keys through the
+    /// key service of a daemon on an empty token of its own, list them with every page size,
+    /// and time a second replica's start-up on them.
+    #[arg(long, value_name = "KEYS")]
+    pub key_service: Option<usize>,
     /// Internal: generate this many scale keys on the token of `SOFTHSM2_CONF`, then exit.
     #[arg(long, hide = true)]
     pub scale_keygen: Option<usize>,

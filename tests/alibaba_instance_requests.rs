@@ -36,7 +36,12 @@ const MAX_RAW: usize = 4096;
 /// The body limit that follows from it (the RAW limit plus 16 KiB for the other fields).
 const MAX_BODY: usize = MAX_RAW + 16 * 1024;
 
-fn sign_request(key_id: &str, algorithm: &str, message: &[u8], message_type: &str) -> pb::SignRequest {
+fn sign_request(
+    key_id: &str,
+    algorithm: &str,
+    message: &[u8],
+    message_type: &str,
+) -> pb::SignRequest {
     pb::SignRequest {
         key_id: key_id.into(),
         algorithm: algorithm.into(),
@@ -76,7 +81,12 @@ struct Refused {
 }
 
 /// Sends `body` with `headers` and an `x-request-id` of its own (not a signed header).
-async fn send(addr: SocketAddr, n: &mut usize, headers: HeaderMap, body: Vec<u8>) -> (String, Answer) {
+async fn send(
+    addr: SocketAddr,
+    n: &mut usize,
+    headers: HeaderMap,
+    body: Vec<u8>,
+) -> (String, Answer) {
     *n += 1;
     let id = format!("hand-built-{n}");
     let answer = post(addr, with(headers, "x-request-id", &id), body).await;
@@ -154,10 +164,19 @@ async fn hand_built_refusals_get_their_code_and_never_reach_the_hsm() {
     let stranger = key.with_id("KAAP.00000000-0000-4000-8000-000000000000");
     expect!(
         "an unknown client key",
-        send(addr, &mut n, stranger.headers("Sign", &good_body, now), good_body.clone()).await,
+        send(
+            addr,
+            &mut n,
+            stranger.headers("Sign", &good_body, now),
+            good_body.clone()
+        )
+        .await,
         404,
         "Unauthorized",
-        &["KAAP.00000000-0000-4000-8000-000000000000", "does not exist"]
+        &[
+            "KAAP.00000000-0000-4000-8000-000000000000",
+            "does not exist"
+        ]
     );
     let skew = Duration::from_secs(16 * 60);
     for (what, date) in [
@@ -166,7 +185,13 @@ async fn hand_built_refusals_get_their_code_and_never_reach_the_hsm() {
     ] {
         expect!(
             what,
-            send(addr, &mut n, key.headers("Sign", &good_body, date), good_body.clone()).await,
+            send(
+                addr,
+                &mut n,
+                key.headers("Sign", &good_body, date),
+                good_body.clone()
+            )
+            .await,
             400,
             "RequestTimeTooSkewed",
             &["15 minutes", "clock"]
@@ -198,13 +223,37 @@ async fn hand_built_refusals_get_their_code_and_never_reach_the_hsm() {
         &["content-sha256"]
     );
     for (header, code, needle) in [
-        ("x-kms-acccesskeyid", "MissingParameter", "x-kms-acccesskeyid does not exist"),
-        ("x-kms-apiversion", "MissingParameter", "x-kms-apiversion does not exist"),
-        ("x-kms-apiname", "MissingParameter", "x-kms-apiname does not exist"),
-        ("content-sha256", "MissingParameter", "content-sha256 does not exist"),
-        ("x-kms-signaturemethod", "InvalidParam", "x-kms-signaturemethod is invalid"),
+        (
+            "x-kms-acccesskeyid",
+            "MissingParameter",
+            "x-kms-acccesskeyid does not exist",
+        ),
+        (
+            "x-kms-apiversion",
+            "MissingParameter",
+            "x-kms-apiversion does not exist",
+        ),
+        (
+            "x-kms-apiname",
+            "MissingParameter",
+            "x-kms-apiname does not exist",
+        ),
+        (
+            "content-sha256",
+            "MissingParameter",
+            "content-sha256 does not exist",
+        ),
+        (
+            "x-kms-signaturemethod",
+            "InvalidParam",
+            "x-kms-signaturemethod is invalid",
+        ),
         ("date", "InvalidParam", "The Param Date is invalid."),
-        ("authorization", "InvalidParam", "The Param Authorization is invalid."),
+        (
+            "authorization",
+            "InvalidParam",
+            "The Param Authorization is invalid.",
+        ),
     ] {
         let mut h = signed("Sign", &good_body);
         h.remove(header);
@@ -242,7 +291,11 @@ async fn hand_built_refusals_get_their_code_and_never_reach_the_hsm() {
             addr,
             &mut n,
             {
-                let mut h = with(signed("Sign", &good_body), "x-kms-apiversion", "dkms-gcs-0.1");
+                let mut h = with(
+                    signed("Sign", &good_body),
+                    "x-kms-apiversion",
+                    "dkms-gcs-0.1",
+                );
                 key.sign(&mut h);
                 h
             },
@@ -255,14 +308,26 @@ async fn hand_built_refusals_get_their_code_and_never_reach_the_hsm() {
     );
     expect!(
         "an API of no protocol",
-        send(addr, &mut n, signed("SignEverything", &good_body), good_body.clone()).await,
+        send(
+            addr,
+            &mut n,
+            signed("SignEverything", &good_body),
+            good_body.clone()
+        )
+        .await,
         400,
         "InvalidApiName",
         &["SignEverything"]
     );
     expect!(
         "an API p11kms does not serve",
-        send(addr, &mut n, signed("Encrypt", &good_body), good_body.clone()).await,
+        send(
+            addr,
+            &mut n,
+            signed("Encrypt", &good_body),
+            good_body.clone()
+        )
+        .await,
         400,
         "UnsupportedOperation",
         &["Encrypt", "Sign, Verify, GetPublicKey and GenerateRandom"]
@@ -286,7 +351,10 @@ async fn hand_built_refusals_get_their_code_and_never_reach_the_hsm() {
         &["not a valid VerifyRequest protobuf message"]
     );
     let big = sign_request(&p256, "ECDSA_SHA_256", &vec![1; MAX_RAW + 1], "RAW").encode_to_vec();
-    assert!(big.len() < MAX_BODY, "a body under the limit, a RAW message over it");
+    assert!(
+        big.len() < MAX_BODY,
+        "a body under the limit, a RAW message over it"
+    );
     expect!(
         "a RAW message over max_raw_message_bytes",
         send(addr, &mut n, signed("Sign", &big), big.clone()).await,
@@ -432,13 +500,18 @@ async fn hand_built_refusals_get_their_code_and_never_reach_the_hsm() {
             "{}",
             r.what
         );
-        assert!(r.answer.version().is_none(), "{}: a migration header", r.what);
+        assert!(
+            r.answer.version().is_none(),
+            "{}: a migration header",
+            r.what
+        );
     }
 
     // The barrier: once the stats show this signature's last call (the second C_Sign: size
     // query, then data), they show every call made before it.
     assert_signs(addr, &key, &token_pem, "barrier").await;
-    shim.wait_stat("calls.C_Sign", before["calls.C_Sign"] + 2).await;
+    shim.wait_stat("calls.C_Sign", before["calls.C_Sign"] + 2)
+        .await;
     let after = shim.settled_stats().await;
     for (call, barrier) in [("C_SignInit", 1), ("C_Sign", 2), ("C_GenerateRandom", 0)] {
         let key = format!("calls.{call}");
@@ -465,7 +538,9 @@ async fn hand_built_refusals_get_their_code_and_never_reach_the_hsm() {
     assert_eq!(daemon.health("").await.unwrap(), ServingStatus::Serving);
     assert_signs(addr, &key, &token_pem, "after the refusals").await;
     let mut kms = daemon.kms().await;
-    kms.sign_hash(&p256, &[9; 32]).await.expect("Yandex SignHash");
+    kms.sign_hash(&p256, &[9; 32])
+        .await
+        .expect("Yandex SignHash");
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -118,8 +118,11 @@ async fn official_sdks_sign_verify_and_publish_over_https_and_plaintext() {
         let key_id = dev_key_id(algorithm);
         let token_pem = work.path().join(format!("{key_id}.token.pem"));
         let yandex_pem = work.path().join(format!("{key_id}.yandex.pem"));
-        std::fs::write(&token_pem, spki_pem(&token.public_key_der(&dev_ck_id(algorithm))))
-            .expect("write the token's public key");
+        std::fs::write(
+            &token_pem,
+            spki_pem(&token.public_key_der(&dev_ck_id(algorithm))),
+        )
+        .expect("write the token's public key");
         let published = kms.public_key(&key_id).await.expect("Yandex GetPublicKey");
         std::fs::write(&yandex_pem, published).expect("write the Yandex public key");
         keys.push(json!({
@@ -148,10 +151,7 @@ async fn official_sdks_sign_verify_and_publish_over_https_and_plaintext() {
     .await;
     assert!(output.status.success(), "the SDK script failed");
     let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        stdout.contains("; all OK"),
-        "unexpected summary:\n{stdout}"
-    );
+    assert!(stdout.contains("; all OK"), "unexpected summary:\n{stdout}");
     let results: Value = serde_json::from_str(
         &std::fs::read_to_string(work.path().join("results.json")).expect("results.json"),
     )
@@ -191,7 +191,12 @@ async fn official_sdks_sign_verify_and_publish_over_https_and_plaintext() {
     // Nothing secret or signed in any log.
     let password = std::fs::read_to_string(state.join("alibaba-client-key.password"))
         .expect("the client key's password");
-    assert_nowhere(&daemon, &audit, "the client key's password", password.trim_end());
+    assert_nowhere(
+        &daemon,
+        &audit,
+        "the client key's password",
+        password.trim_end(),
+    );
     let signatures = results["signatures"].as_array().expect("signatures");
     for signature in signatures {
         let hex_sig = signature.as_str().expect("hex");
@@ -303,10 +308,7 @@ async fn official_sdk_client_keys_made_by_the_cli_get_precise_errors() {
 
     let output = run_script(
         "alibaba_client_key_sdk.py",
-        vec![
-            daemon.addr().to_string(),
-            key_dir.display().to_string(),
-        ],
+        vec![daemon.addr().to_string(), key_dir.display().to_string()],
     )
     .await;
     assert!(output.status.success(), "the SDK script failed");
@@ -343,7 +345,11 @@ async fn official_sdk_client_keys_made_by_the_cli_get_precise_errors() {
         3,
         "unknown id, forged signature, skewed clock: {records:#?}"
     );
-    assert_eq!(records.len(), 9, "requests that reached the daemon: {records:#?}");
+    assert_eq!(
+        records.len(),
+        9,
+        "requests that reached the daemon: {records:#?}"
+    );
     for name in ["good", "norole", "unknown"] {
         let password =
             std::fs::read_to_string(key_dir.join(format!("{name}.password"))).expect("password");

@@ -173,9 +173,7 @@ impl Connection {
     /// when the second or the key changed.
     fn prepared(&mut self, key: usize, key_id: &str, algorithm: &str) -> &Prepared {
         let now = SystemTime::now();
-        let second = now
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
+        let second = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
         let stale = self
             .prepared
             .as_ref()
@@ -290,7 +288,10 @@ mod tests {
             ("x-kms-apiversion", "dkms-gcs-0.2"),
             ("x-kms-apiname", "Sign"),
             ("x-kms-signaturemethod", "RSA_PKCS1_SHA_256"),
-            ("x-kms-acccesskeyid", "KAAP.0f6e7c8a-1b2c-4d3e-8f9a-0123456789ab"),
+            (
+                "x-kms-acccesskeyid",
+                "KAAP.0f6e7c8a-1b2c-4d3e-8f9a-0123456789ab",
+            ),
             ("content-type", "application/x-protobuf"),
             (
                 "content-sha256",

@@ -19,12 +19,14 @@
 //! checked against whatever was measured.
 //!
 //! `--scale` measures start-up time and throughput of `p11kms serve` with many keys instead
-//! (see `scale.rs`).
+//! (see `scale.rs`); `--key-service` creates keys through the API, lists them and starts a
+//! replica on them (see `key_service.rs`).
 
 mod daemon;
 mod direct;
 mod gateway;
 mod instance;
+mod key_service;
 mod procfs;
 pub mod report;
 mod scale;
@@ -108,7 +110,8 @@ pub fn main(args: BenchArgs) -> ExitCode {
                 print!("{summary}");
             }
             let invalid: u64 = report.runs.iter().map(|r| r.invalid).sum::<u64>()
-                + report.scale.iter().map(|r| r.invalid).sum::<u64>();
+                + report.scale.iter().map(|r| r.invalid).sum::<u64>()
+                + report.key_service.as_ref().map_or(0, |k| k.invalid);
             if invalid > 0 {
                 eprintln!("p11kms bench: {invalid} sampled signatures did NOT verify");
                 return ExitCode::FAILURE;
@@ -153,6 +156,7 @@ struct Plan {
     scale: Vec<usize>,
     alibaba_client_key: Option<PathBuf>,
     alibaba_client_key_password_file: Option<PathBuf>,
+    key_service: Option<usize>,
 }
 
 impl Plan {
@@ -210,6 +214,16 @@ impl Plan {
         if !args.scale.is_empty() && args.endpoint.is_some() {
             return Err("--scale starts its own daemons; it cannot use --endpoint".into());
         }
+        if let Some(n) = args.key_service {
+            if !(1..=100_000).contains(&n) {
+                return Err(format!("--key-service {n}: from 1 to 100000 keys"));
+            }
+            if args.endpoint.is_some() || !args.scale.is_empty() {
+                return Err(
+                    "--key-service starts its own daemons on a token of its own; it cannot be combined with --endpoint or --scale".into(),
+                );
+            }
+        }
         Ok(Self {
             algorithms,
             ops,
@@ -235,6 +249,7 @@ impl Plan {
             },
             alibaba_client_key: args.alibaba_client_key.clone(),
             alibaba_client_key_password_file: args.alibaba_client_key_password_file.clone(),
+            key_service: args.key_service,
         })
     }
 
@@ -413,7 +428,18 @@ async fn run(plan: &Plan, state: Option<&State>) -> Result<Report, String> {
         },
         ..Report::default()
     };
-    if !plan.scale.is_empty() {
+    if let Some(keys) = plan.key_service {
+        let state = state.expect("key-service runs have a state directory");
+        ensure_provisioned(plan, state).await?;
+        let (module, _, _) = state.token()?;
+        let bearer = bearer(plan, Some(state))?;
+        report.settings.gateway = "started by the bench (p11kms serve)".into();
+        let result = key_service::run(plan, &state.dir, &module, bearer.as_deref(), keys).await?;
+        if !plan.json {
+            print!("{}", result.text());
+        }
+        report.key_service = Some(result);
+    } else if !plan.scale.is_empty() {
         let state = state.expect("scale runs have a state directory");
         ensure_provisioned(plan, state).await?;
         let (module, _, _) = state.token()?;

@@ -42,7 +42,8 @@ impl ClientKey {
     pub fn load(key_file: &Path, password_file: &Path) -> Self {
         let text = std::fs::read_to_string(key_file)
             .unwrap_or_else(|e| panic!("read {}: {e}", key_file.display()));
-        let json: serde_json::Value = serde_json::from_str(&text).expect("a ClientKey file is JSON");
+        let json: serde_json::Value =
+            serde_json::from_str(&text).expect("a ClientKey file is JSON");
         let password = std::fs::read_to_string(password_file)
             .unwrap_or_else(|e| panic!("read {}: {e}", password_file.display()));
         let p12 = base64::engine::general_purpose::STANDARD
@@ -50,7 +51,9 @@ impl ClientKey {
             .expect("PrivateKeyData is base64");
         let store = p12_keystore::KeyStore::from_pkcs12(&p12, password.trim_end())
             .expect("the PKCS#12 opens with its password");
-        let (_, chain) = store.private_key_chain().expect("a private key in the PKCS#12");
+        let (_, chain) = store
+            .private_key_chain()
+            .expect("a private key in the PKCS#12");
         let key = {
             use rsa::pkcs8::DecodePrivateKey as _;
             rsa::RsaPrivateKey::from_pkcs8_der(chain.key()).expect("an RSA PKCS#8 key")
@@ -229,7 +232,12 @@ pub async fn post(addr: SocketAddr, headers: HeaderMap, body: Vec<u8>) -> Answer
 }
 
 /// Signs and sends `message` as `api`, dated now.
-pub async fn call(addr: SocketAddr, key: &ClientKey, api: &str, message: &impl prost::Message) -> Answer {
+pub async fn call(
+    addr: SocketAddr,
+    key: &ClientKey,
+    api: &str,
+    message: &impl prost::Message,
+) -> Answer {
     let body = message.encode_to_vec();
     post(addr, key.headers(api, &body, SystemTime::now()), body).await
 }
