@@ -294,8 +294,9 @@ async fn official_sdk_client_keys_made_by_the_cli_get_precise_errors() {
         }
     }
     token.add_binding(SIGNER, "sdk-app", "serviceAccount", CONFIG_FOLDER);
-    // One request an hour per subject: the second request of a subject is always over it.
-    token.set_config("rate_limit", "per_subject_rps", 1.0 / 3600.0);
+    // The slowest rate the config accepts, one request per 1000 s: a subject's second request
+    // (and the SDK's retries, a second apart) is over it unless the test ran for 16 minutes.
+    token.set_config("rate_limit", "per_subject_rps", 0.001);
     token.set_config("rate_limit", "burst", 1);
     let algorithm = Algorithm::EcdsaP256Sha256;
     std::fs::write(key_dir.join("key.txt"), dev_key_id(algorithm)).expect("key.txt");

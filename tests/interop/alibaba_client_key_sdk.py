@@ -8,7 +8,7 @@ Usage:
   alibaba_client_key_sdk.py ENDPOINT KEY_DIR
 
 ENDPOINT is host:port of the daemon's plaintext listener. Its per-subject rate
-limit lets each subject make one request an hour. KEY_DIR holds:
+limit lets each subject make one request per 1000 s. KEY_DIR holds:
 
   good.json, good.password     a client key the daemon is configured with, whose
                                subject may sign with the key in key.txt
