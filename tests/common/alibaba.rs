@@ -243,9 +243,15 @@ pub async fn call(
 }
 
 /// POSTs over a fresh HTTP/2 connection: `headers` (none of the framing ones), then `chunks`
-/// as DATA frames, the last ending the stream. Returns the answer as soon as it comes, whether
-/// or not the server read everything (a refused body is not read to its end).
-pub async fn h2_post(addr: SocketAddr, headers: HeaderMap, chunks: Vec<Bytes>) -> Answer {
+/// as DATA frames, the last ending the stream when `end` (else the stream stays open, as a
+/// body still being sent). Returns the answer as soon as it comes, whether or not the server
+/// read everything (a refused body is not read to its end).
+pub async fn h2_post(
+    addr: SocketAddr,
+    headers: HeaderMap,
+    chunks: Vec<Bytes>,
+    end: bool,
+) -> Answer {
     let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
     let (send, connection) = h2::client::handshake(tcp).await.expect("HTTP/2 handshake");
     let driver = tokio::spawn(connection);
@@ -257,7 +263,7 @@ pub async fn h2_post(addr: SocketAddr, headers: HeaderMap, chunks: Vec<Bytes>) -
     let (response, mut stream) = send.send_request(request, false).expect("a stream");
     let last = chunks.len().saturating_sub(1);
     for (i, chunk) in chunks.into_iter().enumerate() {
-        if stream.send_data(chunk, i == last).is_err() {
+        if stream.send_data(chunk, end && i == last).is_err() {
             break;
         }
     }
