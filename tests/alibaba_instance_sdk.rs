@@ -13,6 +13,10 @@
 //!   `p11kms alibaba client-key create`, the SDK's retries of `Rejected.Throttling` and the
 //!   precise code for every way of getting a credential wrong
 //!   (`tests/interop/alibaba_client_key_sdk.py`).
+//! * [`the_dev_banners_instance_api_example_runs_as_printed`]: `p11kms dev --tls-listen`
+//!   writes the dev admin's client key and CA, and the banner's Python example, copied as it
+//!   is printed, signs over HTTPS with `ca_file_path`; the signature verifies under the
+//!   token's public key.
 //! * [`our_instance_messages_are_wire_identical_to_the_official_sdk`]: our `.proto` against
 //!   the SDK's descriptors.
 //!
@@ -58,7 +62,11 @@ fn python() -> PathBuf {
 /// (the daemon is a separate process; the runtime stays free for nothing else, but a blocked
 /// worker must not hold up the test's other futures).
 async fn run_script(script: &str, args: Vec<String>) -> Output {
-    let script = repo().join("tests/interop").join(script);
+    run_script_path(repo().join("tests/interop").join(script), args).await
+}
+
+/// [`run_script`] for a script anywhere.
+async fn run_script_path(script: PathBuf, args: Vec<String>) -> Output {
     let python = python();
     let output = tokio::task::spawn_blocking(move || {
         Command::new(python)
@@ -362,6 +370,63 @@ async fn official_sdk_client_keys_made_by_the_cli_get_precise_errors() {
             "the script printed a password"
         );
     }
+}
+
+/// The lines of the dev banner's block that starts with `heading`, up to the blank line that
+/// ends it, without the banner's two-space indent.
+fn banner_block(banner: &str, heading: &str) -> String {
+    let start = banner
+        .find(heading)
+        .unwrap_or_else(|| panic!("the banner has no {heading:?}:\n{banner}"));
+    banner[start..]
+        .lines()
+        .skip(1)
+        .take_while(|l| !l.trim().is_empty())
+        .map(|l| l.strip_prefix("  ").unwrap_or(l))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_dev_banners_instance_api_example_runs_as_printed() {
+    let token = TestToken::dev();
+    let daemon = Launch::dev(token.state_dir())
+        .arg("--tls-listen")
+        .arg("127.0.0.1:0")
+        .start();
+    let state = token.state_dir();
+    for file in [
+        "alibaba-client-key.json",
+        "alibaba-client-key.password",
+        "ca.pem",
+    ] {
+        assert!(state.join(file).is_file(), "dev mode did not write {file}");
+    }
+    let banner = daemon.stdout();
+    let example = banner_block(&banner, "instance API from Python");
+    // As the banner promises: over HTTPS, the dev CA given to the SDK.
+    assert!(
+        example.contains(&format!("endpoint=\"{}\"", daemon.tls_addr()))
+            && example.contains(&format!("ca_file_path=\"{}\"", dev_ca(&token).display())),
+        "the example does not use the TLS listener and its CA:\n{example}"
+    );
+    let script = state.join("banner_instance_example.py");
+    std::fs::write(&script, &example).expect("write the example");
+
+    let output = run_script_path(script, Vec::new()).await;
+    assert!(output.status.success(), "the banner's example failed");
+    let printed = String::from_utf8_lossy(&output.stdout);
+    let signature = hex::decode(printed.trim()).expect("the example prints the signature in hex");
+    let algorithm = Algorithm::EcdsaP256Sha256;
+    let token_pem = spki_pem(&token.public_key_der(&dev_ck_id(algorithm)));
+    common::verify::parse_public_key(&token_pem, algorithm)
+        .expect("the token's public key")
+        .verify_digest(
+            algorithm,
+            &<sha2::Sha256 as sha2::Digest>::digest(b"hello"),
+            &signature,
+        )
+        .expect("the example's signature verifies under the token's public key");
 }
 
 #[test]
