@@ -190,6 +190,16 @@ async fn official_sdks_sign_verify_and_publish_over_https_and_plaintext() {
             assert_eq!(record["version_id"], request["version_id"], "{record}");
         }
     }
+    // One record per refusal too, with the refused outcome.
+    let refusals = results["refusals"].as_array().expect("refusals");
+    assert_eq!(refusals.len(), 2 * 7, "7 refusals on each transport");
+    for refusal in refusals {
+        let id = refusal["request_id"].as_str().expect("request_id");
+        let found = by_id.get(id).map_or(&[][..], Vec::as_slice);
+        assert_eq!(found.len(), 1, "audit records of {refusal}: {found:#?}");
+        assert_eq!(found[0]["protocol"], "alibaba-instance", "{}", found[0]);
+        assert_ne!(found[0]["outcome"], "OK", "{}", found[0]);
+    }
     let tls = records
         .iter()
         .filter(|r| r["protocol"] == "alibaba-instance" && r["tls"] == true)

@@ -26,14 +26,20 @@ Checks, on each transport:
   4. GenerateRandom;
   5. the wrapper's asymmetric_sign (verified), asymmetric_verify (true and false)
      and get_public_key, with the KeyVersionId it reads from the header;
+  6. refusals as the SDK reports them (TeaException code and HTTP status): an
+     unknown key (Forbidden.KeyNotFound 404, also through the wrapper), a DIGEST of
+     31 bytes, an RSA algorithm on an EC key, a MessageType that is neither RAW nor
+     DIGEST, GenerateRandom of 0 bytes (InvalidParameter 400), an API p11kms does
+     not serve (Encrypt: UnsupportedOperation 400);
 and once, over HTTPS:
-  6. a key made through the OpenAPI (CreateKey EC_P256): the migration header
+  7. a key made through the OpenAPI (CreateKey EC_P256): the migration header
      names its first version, then, after CreateKeyVersion, the new one, for
      Sign, Verify, GetPublicKey and the wrapper; the new signatures verify under
      the new version's public key (OpenAPI GetPublicKey) and not the old one's.
 
 Writes WORK_DIR/results.json: every instance-API request that succeeded (request
-id, API, key, version), every signature received (hex), and the counts of the
+id, API, key, version), every refused one (request id, code), every signature
+received (hex), and the counts of the
 API x MessageType x algorithm matrix, which it also prints. Sockets may only
 connect to loopback. Secrets come from files and are never printed. Exits 1 on
 the first failed check.
@@ -120,6 +126,7 @@ class Run:
     def __init__(self, params):
         self.params = params
         self.requests = []
+        self.refusals = []
         self.signatures = []
         self.matrix = Counter()
         with open(params["client_key_password_file"]) as f:
@@ -224,6 +231,23 @@ class Run:
         ).body
         check(body.key_version_id == version, f"OpenAPI GetPublicKey {key_id}: {body.key_version_id}")
         return body.public_key
+
+    def refused(self, label, what, call, code, status):
+        """`call` raises the SDK's TeaException with `code` and HTTP `status`."""
+        from Tea.exceptions import TeaException
+
+        try:
+            call()
+        except TeaException as e:
+            data = e.data or {}
+            got = (e.code, data.get("httpCode"))
+            check(got == (code, status), f"{label}: {what}: got {got}, expected {(code, status)}: {e.message}")
+            request_id = data.get("requestId")
+            check(bool(request_id), f"{label}: {what}: no RequestId in the error")
+            self.refusals.append({"request_id": request_id, "code": code, "what": what})
+            self.matrix[("(refused)", code, what)] += 1
+            return
+        raise Failed(f"{label}: {what}: the request succeeded")
 
     # -- the checks ------------------------------------------------------------------
 
@@ -337,6 +361,35 @@ class Run:
         self.note("GenerateRandom", r.request_id, "", None)
         print(f"ok   {label}: GenerateRandom 32 bytes")
 
+        ec_key = next(k["key_id"] for k in self.params["keys"] if "ECDSA_SHA_256" in k["algorithms"])
+        digest = hashlib.sha256(MESSAGE).digest()
+
+        def sign(key_id, algorithm, message, message_type):
+            return lambda: client.sign(
+                dkms.SignRequest(key_id=key_id, algorithm=algorithm, message=message, message_type=message_type)
+            )
+
+        for what, call, code, status in [
+            ("unknown key", sign("no-such-key", "ECDSA_SHA_256", digest, "DIGEST"), "Forbidden.KeyNotFound", 404),
+            ("DIGEST of 31 bytes", sign(ec_key, "ECDSA_SHA_256", digest[:31], "DIGEST"), "InvalidParameter", 400),
+            ("RSA algorithm on an EC key", sign(ec_key, "RSA_PSS_SHA_256", MESSAGE, "RAW"), "InvalidParameter", 400),
+            ("MessageType HASH", sign(ec_key, "ECDSA_SHA_256", digest, "HASH"), "InvalidParameter", 400),
+            (
+                "GenerateRandom of 0 bytes",
+                lambda: client.generate_random(dkms.GenerateRandomRequest(length=0)),
+                "InvalidParameter",
+                400,
+            ),
+            (
+                "Encrypt",
+                lambda: client.encrypt(dkms.EncryptRequest(key_id=ec_key, plaintext=b"secret")),
+                "UnsupportedOperation",
+                400,
+            ),
+        ]:
+            self.refused(label, what, call, code, status)
+        print(f"ok   {label}: refusals: Forbidden.KeyNotFound, InvalidParameter x4, UnsupportedOperation")
+
     def wrapper(self, label, endpoint, ca, keys=None, versions=None):
         from alibabacloud_kms20160120 import models as kms
 
@@ -383,6 +436,19 @@ class Run:
                     check(v.body.key_version_id == version, f"{label}: wrapper asymmetric_verify version")
                     self.note("Verify", v.body.request_id, key_id, version, "DIGEST", f"{algorithm} {expected}")
             print(f"ok   {label}: wrapper: get_public_key, asymmetric_sign and asymmetric_verify on {key_id}")
+        if keys is None:
+            self.refused(
+                label,
+                "wrapper: unknown key",
+                lambda: client.asymmetric_sign(
+                    kms.AsymmetricSignRequest(
+                        key_id="no-such-key", key_version_id="ignored", algorithm="ECDSA_SHA_256", digest=b64
+                    )
+                ),
+                "Forbidden.KeyNotFound",
+                404,
+            )
+            print(f"ok   {label}: wrapper: an unknown key is Forbidden.KeyNotFound")
 
     def versions(self):
         """A key made through the OpenAPI, before and after CreateKeyVersion."""
@@ -445,6 +511,7 @@ def main(argv):
         json.dump(
             {
                 "requests": run.requests,
+                "refusals": run.refusals,
                 "signatures": run.signatures,
                 "matrix": [
                     {"api": a, "message_type": m, "algorithm": g, "count": n}
@@ -454,7 +521,10 @@ def main(argv):
             f,
         )
     print(run.matrix_text())
-    print(f"alibaba instance sdk: {len(run.requests)} requests, {len(run.signatures)} signatures verified; all OK")
+    print(
+        f"alibaba instance sdk: {len(run.requests)} requests, {len(run.signatures)} signatures verified, "
+        f"{len(run.refusals)} refusals; all OK"
+    )
     return 0
 
 
