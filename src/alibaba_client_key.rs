@@ -154,6 +154,53 @@ pub fn create_as(
     })
 }
 
+/// A client key as a client holds it: its id and private key, loaded from a ClientKey file.
+pub struct Loaded {
+    /// `KAAP.<uuid>`.
+    pub id: String,
+    /// The private key.
+    pub private: RsaPrivateKey,
+}
+
+impl std::fmt::Debug for Loaded {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Loaded")
+            .field("id", &self.id)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Loads a ClientKey file with its password, as a client does (`p11kms bench` drives the
+/// instance API with one; the daemon never loads a private key).
+///
+/// # Errors
+/// A file that cannot be read, is not a ClientKey file, or does not open with the password.
+pub fn load(key_file: &Path, password: &SecretString) -> Result<Loaded, String> {
+    use rsa::pkcs8::DecodePrivateKey as _;
+    let shown = key_file.display();
+    let text =
+        std::fs::read_to_string(key_file).map_err(|e| format!("cannot read {shown}: {e}"))?;
+    let json: serde_json::Value = serde_json::from_str(&text)
+        .map_err(|e| format!("{shown} is not a ClientKey file (JSON): {e}"))?;
+    let field = |name: &str| {
+        json[name]
+            .as_str()
+            .ok_or_else(|| format!("{shown} has no {name}"))
+    };
+    let id = field("KeyId")?.to_string();
+    let p12 = base64::engine::general_purpose::STANDARD
+        .decode(field("PrivateKeyData")?)
+        .map_err(|e| format!("{shown}: PrivateKeyData is not base64: {e}"))?;
+    let store = p12_keystore::KeyStore::from_pkcs12(&p12, password.expose_secret())
+        .map_err(|e| format!("{shown}: the PKCS#12 does not open with this password: {e}"))?;
+    let (_, chain) = store
+        .private_key_chain()
+        .ok_or_else(|| format!("{shown}: the PKCS#12 holds no private key"))?;
+    let private = RsaPrivateKey::from_pkcs8_der(chain.key())
+        .map_err(|e| format!("{shown}: the private key is not RSA: {e}"))?;
+    Ok(Loaded { id, private })
+}
+
 /// A self-signed certificate (PEM) for `private`, with `CN=<id>`: the form in which Alibaba
 /// hands out a client key's public half.
 ///
@@ -287,6 +334,16 @@ mod tests {
             RsaPrivateKey::from_pkcs8_der(chain.key()).unwrap()
         };
         assert!(p12_keystore::KeyStore::from_pkcs12(&p12, "wrong").is_err());
+        let loaded = load(&created.key_file, &SecretString::from(password.clone())).unwrap();
+        assert_eq!(
+            (loaded.id.as_str(), &loaded.private),
+            (created.id.as_str(), &private)
+        );
+        let wrong = load(&created.key_file, &SecretString::from("wrong")).unwrap_err();
+        assert!(
+            wrong.contains("does not open with this password"),
+            "{wrong}"
+        );
 
         // The config entry, pasted under a config, names the certificate of that very key.
         #[derive(serde::Deserialize)]

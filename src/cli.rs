@@ -279,6 +279,14 @@ pub struct BenchArgs {
     /// Internal: generate this many scale keys on the token of `SOFTHSM2_CONF`, then exit.
     #[arg(long, hide = true)]
     pub scale_keygen: Option<usize>,
+    /// The client key `--ops alibaba-sign-digest` signs its requests with (Alibaba's ClientKey
+    /// file). Default: `<state-dir>/alibaba-client-key.json`, the dev admin's.
+    #[arg(long)]
+    pub alibaba_client_key: Option<PathBuf>,
+    /// The file holding that client key's password. Default: the key file with `.password`
+    /// in place of `.json`.
+    #[arg(long)]
+    pub alibaba_client_key_password_file: Option<PathBuf>,
 }
 
 /// Which paths `p11kms bench` measures.
@@ -305,6 +313,10 @@ pub enum BenchOp {
     Sign32k,
     /// GetPublicKey.
     GetPublicKey,
+    /// The Alibaba KMS instance API's Sign with MessageType DIGEST, on the same key, over
+    /// HTTP/2 like the gRPC runs (keys Alibaba serves: P-256, secp256k1, RSA-2048/3072 PSS
+    /// SHA-256; other algorithms skip it).
+    AlibabaSignDigest,
 }
 
 /// ECDSA verify-after-sign setting of the bench's daemon.

@@ -95,6 +95,56 @@ fn bench_measures_both_paths_and_verifies_signatures() {
 }
 
 #[test]
+fn bench_drives_the_alibaba_instance_api_next_to_sign_hash_on_the_same_key() {
+    let _cpu = cpu_shared();
+    let token = TestToken::dev();
+    let report = bench(
+        &token,
+        &[
+            "--algorithm",
+            "ecdsa-nist-p256-sha-256,rsa-2048-sign-pss-sha-256,ecdsa-nist-p384-sha-384",
+            "--mode",
+            "gateway",
+            "--ops",
+            "sign-hash,alibaba-sign-digest",
+            "--verify-ecdsa",
+            "on",
+            "--no-half-load",
+            "--duration",
+            "700ms",
+            "--warmup",
+            "200ms",
+            "--concurrency",
+            "4",
+        ],
+    );
+    for algorithm in ["ECDSA_NIST_P256_SHA_256", "RSA_2048_SIGN_PSS_SHA_256"] {
+        let gateway = runs(&report, algorithm, "gateway");
+        let operations: Vec<&str> = gateway
+            .iter()
+            .map(|r| r["operation"].as_str().expect("operation"))
+            .collect();
+        assert_eq!(
+            operations,
+            ["SignHash", "Alibaba Sign DIGEST"],
+            "{algorithm}: {gateway:#?}"
+        );
+        for run in &gateway {
+            let what = format!("{algorithm} {}", run["operation"]);
+            assert!(run["ok"].as_u64().unwrap() > 0, "{what}: {run:#}");
+            // The bench checks the first and every 100th signature under the token's key.
+            assert!(run["verified"].as_u64().unwrap() > 0, "{what}: {run:#}");
+            assert_eq!(run["invalid"], 0, "{what}: invalid signatures: {run:#}");
+            assert_eq!(run["errors"], 0, "{what}: errors: {run:#}");
+        }
+    }
+    // P-384 has no Alibaba algorithm: SignHash only.
+    let p384 = runs(&report, "ECDSA_NIST_P384_SHA_384", "gateway");
+    assert_eq!(p384.len(), 1, "{p384:#?}");
+    assert_eq!(p384[0]["operation"], "SignHash");
+}
+
+#[test]
 fn bench_scale_starts_serve_with_generated_keys() {
     let _cpu = cpu_shared();
     let token = TestToken::dev();

@@ -5,6 +5,7 @@
 //! connection, with no tower buffer, pool or reconnect layer. The load generator shares the
 //! machine with the daemon, so every microsecond it spends is one the daemon does not get.
 
+use super::instance::{self, RequestSigner};
 use super::procfs::Proc;
 use super::stats::{Sample, Tally, Window};
 use super::verify;
@@ -53,6 +54,8 @@ pub(crate) struct Target {
     origin: http::Uri,
     /// `authorization: Bearer <token>`, sent on every call when set.
     auth: Option<MetadataValue<Ascii>>,
+    /// The client key of the Alibaba instance-API runs.
+    alibaba: Option<Arc<RequestSigner>>,
 }
 
 impl Target {
@@ -71,7 +74,14 @@ impl Target {
                 .parse()
                 .map_err(|e| format!("{addr}: {e}"))?,
             auth,
+            alibaba: None,
         })
+    }
+
+    /// The same target, with a client key for the Alibaba instance-API runs.
+    pub(crate) fn with_client_key(mut self, signer: Arc<RequestSigner>) -> Self {
+        self.alibaba = Some(signer);
+        self
     }
 
     /// Resolves `endpoint` (`host:port` or `http://host:port`).
@@ -153,6 +163,9 @@ pub(crate) enum Op {
     Sign(usize),
     /// GetPublicKey (served from memory; no token call).
     GetPublicKey,
+    /// The Alibaba KMS instance API's Sign with MessageType DIGEST (a digest of the key's
+    /// hash length, which is SHA-256 for every key Alibaba serves).
+    AlibabaSignDigest,
 }
 
 impl Op {
@@ -163,6 +176,7 @@ impl Op {
             Op::Sign(n) if n % 1024 == 0 => format!("Sign {} KiB", n / 1024),
             Op::Sign(n) => format!("Sign {n} B"),
             Op::GetPublicKey => "GetPublicKey".into(),
+            Op::AlibabaSignDigest => "Alibaba Sign DIGEST".into(),
         }
     }
 }
@@ -199,8 +213,16 @@ pub(crate) struct Measured {
 /// When the clients cannot connect.
 pub(crate) async fn run(target: &Target, plan: &Plan) -> Result<Measured, String> {
     let mut clients = Vec::with_capacity(plan.clients);
-    for _ in 0..plan.clients {
-        clients.push(target.connect().await?);
+    for i in 0..plan.clients {
+        clients.push(match plan.op {
+            Op::AlibabaSignDigest => {
+                let signer = target.alibaba.clone().ok_or(
+                    "the Alibaba instance-API run has no client key (--alibaba-client-key)",
+                )?;
+                Conn::Instance(instance::Connection::connect(target.addr, signer, i).await?)
+            }
+            _ => Conn::Grpc(target.connect().await?),
+        });
     }
     let window = Window::after(plan.warmup, plan.duration);
     let mut tasks = tokio::task::JoinSet::new();
@@ -247,6 +269,12 @@ pub(crate) async fn run(target: &Target, plan: &Plan) -> Result<Measured, String
     })
 }
 
+/// A client's connection: gRPC, or the Alibaba instance API.
+enum Conn {
+    Grpc(Client),
+    Instance(instance::Connection),
+}
+
 struct Worker {
     target: Target,
     plan: Plan,
@@ -256,7 +284,7 @@ struct Worker {
 }
 
 impl Worker {
-    async fn run(self, mut client: Client) -> Tally {
+    async fn run(self, mut conn: Conn) -> Tally {
         let Worker {
             target,
             plan,
@@ -303,6 +331,26 @@ impl Worker {
             n += 1;
             let key = (index + (n as usize) * plan.clients) % keys;
             let key_id = plan.key_ids[key].clone();
+            let client = match &mut conn {
+                Conn::Grpc(client) => client,
+                Conn::Instance(instance) => {
+                    let algorithm = instance::algorithm_name(plan.algorithm).unwrap_or_default();
+                    let outcome = instance.sign_digest(key, &key_id, algorithm).await;
+                    let done = Instant::now();
+                    if !window.contains(done) {
+                        continue;
+                    }
+                    match outcome {
+                        Ok(sample) => {
+                            if tally.ok(done - began) {
+                                tally.samples.push(sample);
+                            }
+                        }
+                        Err((kind, detail)) => tally.error(kind, || detail),
+                    }
+                    continue;
+                }
+            };
             let (outcome, signed) = match plan.op {
                 Op::SignHash => {
                     digest[..8].copy_from_slice(&n.to_be_bytes());
@@ -332,6 +380,13 @@ impl Worker {
                         .map(|r| r.into_inner().public_key.into_bytes());
                     (outcome, &message_digest)
                 }
+                // `run` gives these runs instance-API connections.
+                Op::AlibabaSignDigest => (
+                    Err(tonic::Status::internal(
+                        "an instance-API run on a gRPC connection",
+                    )),
+                    &digest,
+                ),
             };
             let done = Instant::now();
             if !window.contains(done) {

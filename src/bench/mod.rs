@@ -6,7 +6,10 @@
 //!   cryptoki with the gateway's own mechanism ([`crate::hsm::bench`]);
 //! * **gateway**: M gRPC clients, each on its own HTTP/2 connection, against a p11kms daemon
 //!   that the bench starts as a separate process (`p11kms dev` on the bench's token, so its
-//!   CPU time and peak RSS can be read from `/proc`), or against `--endpoint`.
+//!   CPU time and peak RSS can be read from `/proc`), or against `--endpoint`;
+//! * with `--ops …,alibaba-sign-digest`, also the Alibaba KMS instance API's `Sign` (MessageType
+//!   DIGEST) on the same daemon and key, over HTTP/2 like gRPC, with a client key
+//!   ([`instance`]), so that the two fronts' throughput sits side by side in one report.
 //!
 //! Every run has a warm-up, then a measured window. It reports throughput, latency percentiles
 //! (HDR histogram), errors, how many sampled signatures (the first and every 100th) verified
@@ -22,6 +25,7 @@
 mod daemon;
 mod direct;
 mod gateway;
+mod instance;
 mod key_service;
 mod procfs;
 pub mod report;
@@ -150,6 +154,8 @@ struct Plan {
     state_dir_given: bool,
     module: Option<PathBuf>,
     scale: Vec<usize>,
+    alibaba_client_key: Option<PathBuf>,
+    alibaba_client_key_password_file: Option<PathBuf>,
     key_service: Option<usize>,
 }
 
@@ -182,6 +188,7 @@ impl Plan {
                 BenchOp::Sign1k => Op::Sign(1024),
                 BenchOp::Sign32k => Op::Sign(32 * 1024),
                 BenchOp::GetPublicKey => Op::GetPublicKey,
+                BenchOp::AlibabaSignDigest => Op::AlibabaSignDigest,
             })
             .collect();
         ops.dedup();
@@ -240,6 +247,8 @@ impl Plan {
                 s.dedup();
                 s
             },
+            alibaba_client_key: args.alibaba_client_key.clone(),
+            alibaba_client_key_password_file: args.alibaba_client_key_password_file.clone(),
             key_service: args.key_service,
         })
     }
@@ -352,6 +361,35 @@ fn bearer(plan: &Plan, state: Option<&State>) -> Result<Option<String>, String> 
         .filter(|t| !t.is_empty()))
 }
 
+/// The client key of the Alibaba instance-API runs, when they are asked for: `--alibaba-client-key`,
+/// else the dev admin's in the state directory.
+fn alibaba_signer(
+    plan: &Plan,
+    state: Option<&State>,
+) -> Result<Option<Arc<instance::RequestSigner>>, String> {
+    if !plan.ops.contains(&Op::AlibabaSignDigest) {
+        return Ok(None);
+    }
+    let key_file = match (&plan.alibaba_client_key, state) {
+        (Some(path), _) => path.clone(),
+        (None, Some(state)) => state
+            .dir
+            .join(format!("{}.json", dev::alibaba::CLIENT_KEY_STEM)),
+        (None, None) => {
+            return Err(
+                "--ops alibaba-sign-digest needs a client key: --alibaba-client-key, or \
+                 --state-dir of a dev state directory"
+                    .into(),
+            )
+        }
+    };
+    let password_file = plan
+        .alibaba_client_key_password_file
+        .clone()
+        .unwrap_or_else(|| key_file.with_extension("password"));
+    instance::RequestSigner::load(&key_file, &password_file).map(|s| Some(Arc::new(s)))
+}
+
 /// The daemons the bench started: the main one (default config unless `--verify-ecdsa off`)
 /// and, for `--verify-ecdsa both`, one with ECDSA verify-after-sign off.
 struct Gateways {
@@ -460,8 +498,13 @@ async fn start_gateways(plan: &Plan, state: Option<&State>) -> Result<Gateways, 
             _daemons: Vec::new(),
         });
     }
+    let signer = alibaba_signer(plan, state)?;
+    let with_key = |target: Target| match &signer {
+        Some(signer) => target.with_client_key(Arc::clone(signer)),
+        None => target,
+    };
     if let Some(endpoint) = &plan.endpoint {
-        let target = Target::resolve(endpoint, bearer(plan, state)?.as_deref()).await?;
+        let target = with_key(Target::resolve(endpoint, bearer(plan, state)?.as_deref()).await?);
         return Ok(Gateways {
             main: Some(Endpoint {
                 target,
@@ -488,7 +531,7 @@ async fn start_gateways(plan: &Plan, state: Option<&State>) -> Result<Gateways, 
     let bearer = bearer(plan, Some(state))?;
     let endpoint = |d: &Daemon, verify: bool| -> Result<Endpoint, String> {
         Ok(Endpoint {
-            target: Target::new(d.addr(), bearer.as_deref())?,
+            target: with_key(Target::new(d.addr(), bearer.as_deref())?),
             daemon: Some(d.proc()),
             verify_ecdsa: Some(verify),
         })
@@ -611,6 +654,12 @@ async fn measure_each(
             continue;
         };
         for &op in &plan.ops {
+            if op == Op::AlibabaSignDigest && instance::algorithm_name(algorithm).is_none() {
+                plan.progress(&format!(
+                    "{algorithm}: the Alibaba APIs do not serve this algorithm; no instance-API run"
+                ));
+                continue;
+            }
             let r = run_gateway(
                 plan, main, algorithm, op, &key_id, &verifier, None, direct_sat,
             )

@@ -65,6 +65,7 @@
 //! `SOFTHSM2_CONF` variables are removed, and `NO_COLOR=1` keeps the logs free of ANSI escapes.
 #![allow(dead_code, unreachable_pub)]
 
+pub mod alibaba;
 pub mod faultshim;
 pub mod h2raw;
 pub mod jwt;
@@ -1255,6 +1256,19 @@ impl Daemon {
     /// `p11kms serve` that must fail to start: returns its exit status and output.
     pub fn serve_expecting_failure(token: &TestToken, env: &[(&str, &str)]) -> Exited {
         Launch::serve(token).envs(env.iter().copied()).run_to_exit()
+    }
+
+    /// The TLS listener's address (`server.tls_listen`), from the line it printed before
+    /// its ready line.
+    pub fn tls_addr(&self) -> SocketAddr {
+        let stdout = self.stdout();
+        let line = stdout
+            .lines()
+            .find_map(|l| l.strip_prefix("p11kms TLS listening on "))
+            .unwrap_or_else(|| panic!("no TLS listener announced:\n{stdout}"));
+        line.trim()
+            .parse()
+            .unwrap_or_else(|e| panic!("bad TLS address {line:?}: {e}"))
     }
 
     /// The address from the ready line.

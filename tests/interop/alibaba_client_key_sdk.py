@@ -1,33 +1,35 @@
 #!/usr/bin/env python3
-"""Drive p11kms's instance-API client-key authentication through the official
-Alibaba Cloud KMS instance SDK (`alibabacloud-dkms-gcs`, unmodified), with
-client keys made by `p11kms alibaba client-key create`.
+"""Client keys made by `p11kms alibaba client-key create`, through the official
+Alibaba Cloud KMS instance SDK (`alibabacloud-dkms-gcs`, unmodified), against
+the real daemon: the files load, the configured key signs, and every way of
+getting it wrong gets its precise code.
 
 Usage:
   alibaba_client_key_sdk.py ENDPOINT KEY_DIR
 
-ENDPOINT is host:port of a plaintext loopback test server that runs p11kms's
-authentication and answers Sign with a canned reply: a P-256 ECDSA signature
-of the request's data (made with RustCrypto, key in KEY_DIR/server-key.pem)
-and the `x-kms-migrationkeyversionid` header. KEY_DIR holds:
+ENDPOINT is host:port of the daemon's plaintext listener. Its per-subject rate
+limit lets each subject make one request per 1000 s. KEY_DIR holds:
 
-  good.json, good.password     a client key the server is configured with
-  unknown.json, unknown.password   a client key it is not configured with
-  good.cert.pem                the certificate the server was configured with
-  version.txt                  the key version the server names
-  subject.txt                  the subject the good key maps to
+  good.json, good.password     a client key the daemon is configured with, whose
+                               subject may sign with the key in key.txt
+  norole.json, norole.password a configured client key whose subject has no role
+  unknown.json, unknown.password   a client key the daemon is not configured with
+  good.cert.pem                the certificate the daemon was configured with
+  key.txt, key.pem             a P-256 key the good subject may sign with, and its
+                               public key as read off the token
 
-Checks, in order (8 requests reach the server):
+Checks, in order (9 requests reach the daemon):
   1. the ClientKey file loads with `cryptography` (PKCS#12 with its password):
-     an RSA-2048 key whose certificate is the one the server has;
-  2. Sign RAW, Sign without MessageType (RAW) and Sign DIGEST: every signature
-     verified with `cryptography` against the server's public key, the
-     migration header equal to the version, RequestId naming the subject;
-  3. Rejected.Throttling once: the SDK retries, and the retry succeeds;
+     an RSA-2048 key whose certificate is the one the daemon has;
+  2. Sign DIGEST: the signature verifies with `cryptography` under the token's
+     public key, and the migration header names a version;
+  3. the next Sign is over the subject's rate: Rejected.Throttling, HTTP 429,
+     which the SDK retries (4 attempts) before it gives up;
   4. a wrong password: the SDK cannot load the key (no request is sent);
   5. an unknown client key: TeaException Unauthorized, HTTP 404;
   6. the good KeyId with another private key: SignatureNotMatch, HTTP 401;
-  7. the client's clock 20 minutes fast: RequestTimeTooSkewed, HTTP 400.
+  7. the client's clock 20 minutes fast: RequestTimeTooSkewed, HTTP 400;
+  8. a subject without a role: Forbidden.NoPermission, HTTP 403.
 
 Python sockets may only connect to loopback. Passwords come from files and are
 never printed. Prints one line per check and a summary; exits 1 on failure.
@@ -49,7 +51,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa, utils
 from cryptography.hazmat.primitives.serialization import pkcs12
 
 MIGRATION_HEADER = "x-kms-migrationkeyversionid"
-MESSAGE = b"hello world from the official SDK"
+DIGEST = hashlib.sha256(b"hello world from the official SDK").digest()
 
 
 def loopback_sockets_only():
@@ -113,12 +115,12 @@ def check_key_file(checks, key_dir):
 
 def main(argv):
     if len(argv) != 3:
-        print(__doc__.strip().splitlines()[4], file=sys.stderr)
+        print(__doc__.strip().splitlines()[5], file=sys.stderr)
         return 2
     endpoint, key_dir = argv[1], argv[2]
     loopback_sockets_only()
 
-    from Tea.exceptions import TeaException
+    from Tea.exceptions import TeaException, UnretryableException
     from openapi.models import Config
     from openapi_util.models import RuntimeOptions
     from sdk import models as dkms
@@ -127,9 +129,8 @@ def main(argv):
 
     checks = Checks()
     check_key_file(checks, key_dir)
-    server_key = serialization.load_pem_public_key(read(key_dir, "server-key.pem", "rb"))
-    version = read(key_dir, "version.txt").strip()
-    subject = read(key_dir, "subject.txt").strip()
+    key_id = read(key_dir, "key.txt").strip()
+    token_key = serialization.load_pem_public_key(read(key_dir, "key.pem", "rb"))
 
     def client(name, password=None):
         return Client(
@@ -141,59 +142,45 @@ def main(argv):
             )
         )
 
-    runtime = lambda: RuntimeOptions(response_headers=[MIGRATION_HEADER])
+    def sign(c):
+        return c.sign_with_options(
+            dkms.SignRequest(
+                key_id=key_id, algorithm="ECDSA_SHA_256", message=DIGEST, message_type="DIGEST"
+            ),
+            RuntimeOptions(response_headers=[MIGRATION_HEADER]),
+        )
+
     good = client("good")
 
-    # 2. Signatures through the SDK, each verified here.
-    digest = hashlib.sha256(MESSAGE).digest()
-    for label, message, message_type in [
-        ("Sign RAW", MESSAGE, "RAW"),
-        ("Sign without MessageType", MESSAGE, None),
-        ("Sign DIGEST", digest, "DIGEST"),
-    ]:
-        request = dkms.SignRequest(key_id="key-canned", algorithm="ECDSA_SHA_256", message=message)
-        if message_type is not None:
-            request.message_type = message_type
-        r = good.sign_with_options(request, runtime())
-        try:
-            server_key.verify(r.signature, digest, ec.ECDSA(utils.Prehashed(hashes.SHA256())))
-            verified = True
-        except InvalidSignature:
-            verified = False
-        headers = r.response_headers or {}
-        if (
-            verified
-            and headers.get(MIGRATION_HEADER) == version
-            and r.key_id == "key-canned"
-            and r.request_id.startswith(subject + ":")
-        ):
-            checks.ok(f"{label}: signature verified, {MIGRATION_HEADER}={version}, caller {subject}")
-        else:
-            checks.fail(
-                f"{label}: verified={verified}, headers={headers}, key_id={r.key_id!r}, "
-                f"request_id={r.request_id!r}"
-            )
-
-    # 3. The one code the SDK retries.
-    r = good.sign(dkms.SignRequest(key_id="throttle-once", algorithm="ECDSA_SHA_256", message=MESSAGE))
-    if r.key_id == "throttle-once":
-        checks.ok("Rejected.Throttling: the SDK retried and the retry succeeded")
+    # 2. The configured key signs.
+    r = sign(good)
+    try:
+        token_key.verify(r.signature, DIGEST, ec.ECDSA(utils.Prehashed(hashes.SHA256())))
+        verified = True
+    except InvalidSignature:
+        verified = False
+    version = (r.response_headers or {}).get(MIGRATION_HEADER)
+    if verified and version and r.key_id == key_id:
+        checks.ok(f"Sign DIGEST: verified under the token's public key, {MIGRATION_HEADER}={version}")
     else:
-        checks.fail(f"throttled request answered {r}")
+        checks.fail(f"Sign DIGEST: verified={verified}, version={version!r}, key_id={r.key_id!r}")
 
-    def refused(label, make_client, code, status):
+    def refused(label, call, code, status, retried=False):
         try:
-            make_client().sign(
-                dkms.SignRequest(key_id="key-canned", algorithm="ECDSA_SHA_256", message=MESSAGE)
-            )
+            call()
         except TeaException as e:
             got = (e.code, (e.data or {}).get("httpCode"))
-            if got == (code, status):
+            if retried and not isinstance(e, UnretryableException):
+                checks.fail(f"{label}: the SDK did not retry ({type(e).__name__})")
+            elif got == (code, status):
                 checks.ok(f"{label}: TeaException {code}, HTTP {status}: {e.message}")
             else:
                 checks.fail(f"{label}: got {got}, expected {(code, status)}: {e.message}")
             return
         checks.fail(f"{label}: the request succeeded")
+
+    # 3. Over the rate: the one code the SDK retries, until it gives up.
+    refused("over the rate", lambda: sign(good), "Rejected.Throttling", 429, retried=True)
 
     # 4. A wrong password: the key never loads, nothing is sent.
     try:
@@ -205,8 +192,8 @@ def main(argv):
         else:
             checks.fail(f"wrong password: unexpected error {type(e).__name__}: {e}")
 
-    # 5. A client key the server does not know.
-    refused("unknown client key", lambda: client("unknown"), "Unauthorized", 404)
+    # 5. A client key the daemon does not know.
+    refused("unknown client key", lambda: sign(client("unknown")), "Unauthorized", 404)
 
     # 6. The configured KeyId, signed with another private key.
     with tempfile.TemporaryDirectory() as tmp:
@@ -215,19 +202,15 @@ def main(argv):
         path = os.path.join(tmp, "forged.json")
         with open(path, "w") as f:
             json.dump(forged, f)
-        refused(
-            "good KeyId, other private key",
-            lambda: Client(
-                Config(
-                    protocol="http",
-                    endpoint=endpoint,
-                    client_key_file=path,
-                    password=read(key_dir, "unknown.password"),
-                )
-            ),
-            "SignatureNotMatch",
-            401,
+        forger = Client(
+            Config(
+                protocol="http",
+                endpoint=endpoint,
+                client_key_file=path,
+                password=read(key_dir, "unknown.password"),
+            )
         )
+        refused("good KeyId, other private key", lambda: sign(forger), "SignatureNotMatch", 401)
 
     # 7. A client clock 20 minutes fast (the SDK dates requests with this helper).
     from email.utils import formatdate
@@ -238,14 +221,17 @@ def main(argv):
         lambda: formatdate(time.time() + 20 * 60, usegmt=True)
     )
     try:
-        refused("client clock 20 min fast", lambda: good, "RequestTimeTooSkewed", 400)
+        refused("client clock 20 min fast", lambda: sign(good), "RequestTimeTooSkewed", 400)
     finally:
         tea_util.Client.get_date_utcstring = real_date
+
+    # 8. Authenticated, but no role.
+    refused("subject without a role", lambda: sign(client("norole")), "Forbidden.NoPermission", 403)
 
     if checks.failures:
         print(f"alibaba sdk: {checks.failures} check(s) FAILED")
         return 1
-    print("alibaba sdk: key file OK, 3 signatures verified, throttling retried, 4/4 error cases; all OK")
+    print("alibaba sdk: key file OK, 1 signature verified, throttling retried, 6/6 error cases; all OK")
     return 0
 
 

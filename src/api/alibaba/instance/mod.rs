@@ -35,8 +35,37 @@ pub const CONTENT_TYPE: &str = "application/x-protobuf";
 /// The answer header that names the key version used (Sign, Verify, GetPublicKey).
 pub const MIGRATION_KEY_VERSION_HEADER: &str = "x-kms-migrationkeyversionid";
 
-/// Whether a request is for the instance API: it names its API in `x-kms-apiname` (the
-/// Yandex fronts never send that header).
+/// Whether a request is for the instance API: it carries an `x-kms-*` header. Not only
+/// `x-kms-apiname`: a request that lacks it but has the protocol's other headers must get the
+/// instance API's `MissingParameter`, not another front's refusal of its `Bearer` (the Yandex
+/// fronts and the OpenAPI never send `x-kms-*`).
 pub fn is_instance_request(headers: &HeaderMap) -> bool {
-    headers.contains_key(auth::header::API_NAME)
+    headers
+        .keys()
+        .any(|name| name.as_str().starts_with("x-kms-"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn any_x_kms_header_routes_to_the_instance_api() {
+        let routed = |names: &[&'static str]| {
+            let mut h = HeaderMap::new();
+            for name in names {
+                h.insert(*name, http::HeaderValue::from_static("v"));
+            }
+            is_instance_request(&h)
+        };
+        assert!(routed(&["x-kms-apiname"]));
+        assert!(routed(&["x-kms-acccesskeyid", "x-kms-apiversion"]));
+        assert!(routed(&["x-kms-signaturemethod"]));
+        assert!(!routed(&[]));
+        assert!(!routed(&[
+            "authorization",
+            "content-sha256",
+            "x-acs-action"
+        ]));
+    }
 }
