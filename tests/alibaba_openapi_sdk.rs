@@ -184,14 +184,7 @@ async fn python_sdks_drive_every_action() {
     token.set_server("tls_listen", "127.0.0.1:0");
     token.set_server("tls", tls);
     let daemon = Launch::serve(&token).start();
-    let tls_addr: SocketAddr = daemon
-        .stdout()
-        .lines()
-        .find_map(|l| l.strip_prefix("p11kms TLS listening on "))
-        .expect("the TLS listener's address is printed before the ready line")
-        .trim()
-        .parse()
-        .expect("an address");
+    let tls_addr: SocketAddr = daemon.tls_addr();
     let ak = access_key(&token);
 
     // A key made through the Yandex key service, for the Alibaba front to use.

@@ -1258,19 +1258,6 @@ impl Daemon {
         Launch::serve(token).envs(env.iter().copied()).run_to_exit()
     }
 
-    /// The TLS listener's address (`server.tls_listen`), from the line it printed before
-    /// its ready line.
-    pub fn tls_addr(&self) -> SocketAddr {
-        let stdout = self.stdout();
-        let line = stdout
-            .lines()
-            .find_map(|l| l.strip_prefix("p11kms TLS listening on "))
-            .unwrap_or_else(|| panic!("no TLS listener announced:\n{stdout}"));
-        line.trim()
-            .parse()
-            .unwrap_or_else(|e| panic!("bad TLS address {line:?}: {e}"))
-    }
-
     /// The address from the ready line.
     pub fn addr(&self) -> SocketAddr {
         self.addr
