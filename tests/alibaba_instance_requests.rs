@@ -539,10 +539,13 @@ async fn hand_built_refusals_get_their_code_and_never_reach_the_hsm() {
         ("C_Sign", 2),
         // The unknown key id: a registry miss re-reads the token's state nonce once (another
         // replica may have created the key), and only that: the nonce is unchanged, so no
-        // metadata is walked and nothing is signed.
+        // metadata is walked and nothing is signed. The nonce exists (start-up wrote it when
+        // it recorded the config keys' adoption), so reading it is a search and its value
+        // (length, then bytes).
         ("C_FindObjectsInit", 1),
         ("C_FindObjects", 1),
         ("C_FindObjectsFinal", 1),
+        ("C_GetAttributeValue", 2),
     ] {
         *expected.entry(format!("calls.{call}")).or_default() += n;
     }

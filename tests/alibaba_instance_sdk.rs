@@ -400,10 +400,8 @@ fn banner_block(banner: &str, heading: &str) -> String {
 #[tokio::test(flavor = "multi_thread")]
 async fn the_dev_banners_instance_api_example_runs_as_printed() {
     let token = TestToken::dev();
-    let daemon = Launch::dev(token.state_dir())
-        .arg("--tls-listen")
-        .arg("127.0.0.1:0")
-        .start();
+    // Launch::dev binds the TLS listener to an ephemeral port.
+    let daemon = Launch::dev(token.state_dir()).start();
     let state = token.state_dir();
     for file in [
         "alibaba-client-key.json",
