@@ -152,6 +152,27 @@ fn create(session: &Session, label: &str, value: Vec<u8>) -> Result<ObjectHandle
     session.create_object(&t).context("C_CreateObject")
 }
 
+/// Stores the document `v` again, unchanged, if it is still there (see [`Hsm::touch_token`]).
+/// Returns whether it did; objects destroyed meanwhile, and tokens that refuse the change,
+/// are skipped.
+fn store_again(session: &Session, v: &StoredVersion) -> Result<bool, HsmError> {
+    let Some(o) = read_object(session, v.handle)? else {
+        return Ok(false);
+    };
+    let ours = o.label.starts_with(KEY_LABEL_PREFIX) || o.label.starts_with(ALIAS_LABEL_PREFIX);
+    if !ours || o.value != v.value {
+        return Ok(false);
+    }
+    match session.update_attributes(v.handle, &[Attribute::Label(o.label.into_bytes())]) {
+        Ok(()) => Ok(true),
+        Err(e) if vanished(&e) => Ok(false),
+        Err(CkError::Pkcs11(RvError::AttributeReadOnly | RvError::ActionProhibited, _)) => {
+            Ok(false)
+        }
+        Err(e) => Err(HsmError::call("C_SetAttributeValue", e)),
+    }
+}
+
 /// How p11kms writes its objects on this token.
 #[derive(Debug, Default)]
 pub(crate) struct WriteMode {
@@ -311,24 +332,54 @@ impl Hsm {
         self.shared.writes.replacing()
     }
 
-    /// Makes every other process using this token re-read its object list.
+    /// Makes every other process using this token re-read its object list, and re-stores the
+    /// document objects in `written` (what this replica wrote a moment ago) so that a process
+    /// that read one of them while it was being written reads it again. Returns the nonce
+    /// change when something was re-stored (the others then scan), `None` otherwise.
     ///
-    /// SoftHSMv2's file store notices objects created or destroyed by another process through a
-    /// shared generation counter; a process that writes just after another one bumps the counter
-    /// past the other's change without reading it, and then misses that change until some
-    /// process writes again. Creating and destroying a scratch object right after reading an
-    /// object (which re-reads the list when the counter moved) is such a write. Writers call
-    /// this a few times after their last change so that every replica catches up.
+    /// Two SoftHSMv2 (2.6) file-store behaviours make this necessary:
+    /// * It notices objects created or destroyed by another process through a shared generation
+    ///   counter; a process that writes just after another one bumps the counter past the
+    ///   other's change without reading it, and then misses that change until some process
+    ///   writes again. Creating and destroying a scratch object right after a search (which
+    ///   re-reads the object list when the counter moved) is such a write.
+    /// * It writes an object file through a stdio buffer and releases the file lock before the
+    ///   buffer is flushed. A process that reads a file larger than the buffer (a key document
+    ///   with its operations is ~10 KB) in between gets a truncated copy, records the file's
+    ///   generation and takes the object for invalid until that generation changes: the object
+    ///   stays invisible to that process for good (issue 11: a replica missed a concurrent
+    ///   change for as long as the test watched). Setting the label of such an object to itself
+    ///   stores the object again under a new generation, so such a reader reads it afresh.
+    ///
+    /// Writers call this a few times after their last change, so that every replica catches up.
     ///
     /// # Errors
     /// Classified PKCS#11 failures.
-    pub async fn touch_token(&self) -> Result<(), HsmError> {
+    pub async fn touch_token(
+        &self,
+        written: Vec<StoredVersion>,
+    ) -> Result<Option<NonceChange>, HsmError> {
         let _turn = self.shared.writes.turn().await;
         let shared = std::sync::Arc::clone(&self.shared);
+        let mut nonce = vec![0u8; NONCE_LEN];
+        rand::fill(&mut nonce[..]);
         self.call(Retry::Never, move |session, epoch| {
-            nonce_objects(session, &shared.writes, epoch.number)?;
+            let nonces = read_labelled(session, NONCE_LABEL)?;
+            let mut stored_again = 0usize;
+            for v in written.iter().filter(|v| v.epoch == epoch.number) {
+                if store_again(session, v)? {
+                    stored_again += 1;
+                }
+            }
             let scratch = create(session, TOUCH_LABEL, Vec::new())?;
-            destroy(session, scratch)
+            destroy(session, scratch)?;
+            if stored_again == 0 {
+                shared
+                    .writes
+                    .remember_nonce(epoch.number, nonces.iter().map(|(h, _)| *h).collect());
+                return Ok(None);
+            }
+            bump(session, &shared.writes, epoch.number, nonces, &nonce).map(Some)
         })
         .await
     }

@@ -156,6 +156,8 @@ pub struct KeyManager {
     known_ids: Mutex<std::collections::HashSet<String>>,
     /// When this replica last created or changed an object on the token.
     last_write: Mutex<Option<Instant>>,
+    /// Document objects this replica wrote lately, with when (see `note_written`).
+    written: Mutex<Vec<(Instant, crate::hsm::StoredVersion)>>,
     wrote: tokio::sync::Notify,
 }
 
@@ -229,6 +231,7 @@ impl KeyManager {
             unresolvable: Mutex::new(HashMap::new()),
             known_ids: Mutex::new(std::collections::HashSet::new()),
             last_write: Mutex::new(None),
+            written: Mutex::new(Vec::new()),
             wrote: tokio::sync::Notify::new(),
         })
     }
@@ -311,11 +314,12 @@ impl KeyManager {
         }
         // Created a moment ago on another replica? Only callers with a role somewhere may cause
         // the token to be read, as for keys.
-        if ctx
+        if let Some(c) = ctx
             .caller()
-            .is_ok_and(|c| self.policy.allowed_somewhere(c, Action::Get))
+            .ok()
+            .filter(|c| self.policy.allowed_somewhere(c, Action::Get))
         {
-            self.registry.rescan_once(deadline).await;
+            self.policy.rescan_for(&self.registry, c, deadline).await;
             if let Some(a) = self.registry.alias(key_ref) {
                 return Ok(a.key_id);
             }
@@ -418,7 +422,9 @@ impl KeyManager {
         ctx.note(|a| a.operation_id = Some(crate::auth::audit::bounded(op_id)));
         let mut found = self.registry.operation_entry(op_id);
         if found.is_none() && self.policy.allowed_somewhere(caller, action) {
-            self.registry.rescan_once(deadline).await;
+            self.policy
+                .rescan_for(&self.registry, caller, deadline)
+                .await;
             found = self.registry.operation_entry(op_id);
         }
         match found {

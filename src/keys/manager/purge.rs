@@ -143,6 +143,20 @@ impl KeyManager {
             let ck_id = hex::decode(&v.ck_id).unwrap_or_default();
             self.hsm.destroy_key_pair(&ck_id, &v.label).await?;
         }
+        // Documents that on their own do not say the key is due go first (one written by a
+        // change that raced the deletion, or left by a crash before the deletion replaced it).
+        // Were the purge to stop between two documents, what is left still says the key is
+        // due and the next purge, on any replica, finishes; had the due ones gone first, the
+        // rest would describe a live key whose key material is gone, for good.
+        let retention = self.settings.deletion_retention();
+        self.hsm
+            .destroy_data_objects(&metadata_label(key_id), move |value| {
+                parse_object(value, retention)
+                    .ok()
+                    .and_then(|d| d.state())
+                    .is_some_and(|s| due(&s, now) == Some(Due::Key))
+            })
+            .await?;
         self.hsm
             .destroy_data_objects(&metadata_label(key_id), |_| false)
             .await?;

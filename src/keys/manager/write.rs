@@ -24,6 +24,11 @@ const MISSING_DOCUMENT_WAIT: Duration = Duration::from_secs(5);
 /// SoftHSM-like token catch up, also while writes keep coming.
 const FIRST_TOUCH: Duration = Duration::from_millis(300);
 const LATER_TOUCHES: [Duration; 2] = [Duration::from_millis(1500), Duration::from_millis(5000)];
+/// How long after writing a document object the touches store it again: until the last touch
+/// after it (5 s and up to 0.4 s of jitter).
+const STORE_AGAIN_FOR: Duration = Duration::from_millis(6000);
+/// Most document objects remembered for the touches (a bulk create writes many).
+const MAX_RECENT_WRITES: usize = 256;
 
 /// Parses one stored key object: this schema or the schema-1 document of older versions.
 pub(super) fn parse_object(bytes: &[u8], retention: Duration) -> Result<KeyDoc, String> {
@@ -205,11 +210,11 @@ impl KeyManager {
         resolved: &BTreeMap<String, PublicKey>,
     ) -> Result<Arc<KeyEntry>, Error> {
         let epoch = self.hsm.stats().epoch;
-        let (_, announced) = self
+        let (written, announced) = self
             .hsm
             .replace_data_objects(&metadata_label(&doc.key_id), objects, doc.to_json())
             .await?;
-        self.note_write();
+        self.note_written(written);
         match announced {
             Ok(change) => self.announced(epoch, change),
             Err(e) => self.announce_failed(&e),
@@ -262,6 +267,27 @@ impl KeyManager {
         self.wrote.notify_one();
     }
 
+    /// [`KeyManager::note_write`] for a document object this replica just wrote, which the
+    /// next touches store again (see [`crate::hsm::Hsm::touch_token`]).
+    pub(super) fn note_written(&self, object: StoredVersion) {
+        {
+            let mut recent = self.written.lock().unwrap_or_else(|p| p.into_inner());
+            if recent.len() >= MAX_RECENT_WRITES {
+                recent.remove(0);
+            }
+            recent.push((Instant::now(), object));
+        }
+        self.note_write();
+    }
+
+    /// The document objects written recently enough to be stored again by a touch.
+    fn recently_written(&self) -> Vec<StoredVersion> {
+        let mut recent = self.written.lock().unwrap_or_else(|p| p.into_inner());
+        let now = Instant::now();
+        recent.retain(|(at, _)| now.duration_since(*at) < STORE_AGAIN_FOR);
+        recent.iter().map(|(_, v)| v.clone()).collect()
+    }
+
     /// Whether the first key pair of a key is still on the token. A document that cannot be
     /// found while its key material is there is being rewritten (or is hidden from this process
     /// for a moment, see [`crate::hsm::Hsm::touch_token`]), not gone: keys are dropped only once
@@ -300,8 +326,11 @@ impl KeyManager {
                 if !self.hsm.replaces_data_objects() {
                     break;
                 }
-                if let Err(e) = self.hsm.touch_token().await {
-                    tracing::debug!(error = %e, "token touch failed");
+                let epoch = self.hsm.stats().epoch;
+                match self.hsm.touch_token(self.recently_written()).await {
+                    Ok(Some(change)) => self.announced(epoch, change),
+                    Ok(None) => {}
+                    Err(e) => tracing::debug!(error = %e, "token touch failed"),
                 }
             }
         }
