@@ -36,12 +36,14 @@ const KEYS_PER_CYCLE: usize = 3;
 const RETENTION: Duration = Duration::from_millis(1500);
 /// The purger's purge interval.
 const PURGE_MS: u64 = 200;
-/// Every `C_DestroyObject` of the purger waits this long, so that its purges last long enough
-/// to be interrupted at different points.
+/// Every `C_DestroyObject` of the purger waits this long, so that the test can stop it at a
+/// chosen call.
 const DESTROY_DELAY_MS: u64 = 40;
-/// Roughly how long one cycle's purge takes: per key two key objects, one or two documents and
-/// the nonces replaced by each destroy of documents.
-const PURGE_SPAN: Duration = Duration::from_millis(KEYS_PER_CYCLE as u64 * 6 * DESTROY_DELAY_MS);
+/// The destroy calls a cycle's purge makes are about: per key two key objects, one or two
+/// documents and a nonce per pass over the documents. Kill points are drawn up to this.
+const MAX_KILL_POINT: u64 = KEYS_PER_CYCLE as u64 * 7;
+/// Holds every destroy call of the purger until it is killed.
+const HOLD_DESTROYS: &str = "delay_ms.C_DestroyObject = 600000";
 /// Long enough never to run during the test.
 const NEVER_MS: &str = "3600000";
 const MISSING: &str = "nosuchkey00000000000";
@@ -174,20 +176,44 @@ async fn a_purge_killed_at_random_points_leaves_nothing_behind() {
         last_delete = Instant::now();
         rescan(&mut cs).await;
 
-        // Kill the purger at a random moment of its purge.
-        let (mut k, k_shim) = purger.take().expect("a purger runs");
-        k_shim.wait_stat("calls.C_DestroyObject", 1).await;
-        let delay = PURGE_SPAN.mul_f64(rand::random::<f64>());
-        let observe_at = PURGE_SPAN.mul_f64(rand::random::<f64>());
+        // Kill the purger just before a random one of its destroy calls: once that call has
+        // entered the shim, its delay is raised so that it cannot go on, then SIGKILL. A purge
+        // shorter than the chosen point is killed once it has finished.
+        let (mut k, mut k_shim) = purger.take().expect("a purger runs");
+        let target = rand::random_range(1..=MAX_KILL_POINT);
+        let observe_at = Duration::from_millis(rand::random_range(0..1000));
         let mut observer = cs.clone();
         let observing = tokio::spawn(async move {
             tokio::time::sleep(observe_at).await;
             rescan(&mut observer).await;
         });
-        tokio::time::sleep(delay).await;
+        // This cycle's keys are due from now on; what the purger destroyed before were
+        // leftovers of the last kill.
+        tokio::time::sleep_until((last_delete + RETENTION).into()).await;
+        let base = k_shim.stat("calls.C_DestroyObject");
+        let waiting = Instant::now();
+        let (mut seen, mut changed) = (0, Instant::now());
+        let completed = loop {
+            let n = k_shim.stat("calls.C_DestroyObject") - base;
+            if n != seen {
+                (seen, changed) = (n, Instant::now());
+            }
+            if n >= target {
+                k_shim.set_control(HOLD_DESTROYS);
+                k_shim.wait_applied_async().await;
+                break k_shim.stat("calls.C_DestroyObject") - base - 1;
+            }
+            if n > 0 && changed.elapsed() > Duration::from_secs(1) {
+                break n;
+            }
+            assert!(
+                waiting.elapsed() < Duration::from_secs(30),
+                "cycle {cycle}: the purger made {n} destroy calls in 30 s"
+            );
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        };
         k.kill();
-        let destroys = k_shim.stat("calls.C_DestroyObject");
-        *killed_after.entry(destroys).or_default() += 1;
+        *killed_after.entry(completed).or_default() += 1;
         observing.await.unwrap();
         rescan(&mut cs).await;
         purger = Some(start(
@@ -199,7 +225,7 @@ async fn a_purge_killed_at_random_points_leaves_nothing_behind() {
     }
     println!(
         "{CYCLES} kill cycles of {KEYS_PER_CYCLE} keys in {:?}; a change raced the Delete for \
-         {raced} of {} keys; kills after n destroy calls of that purger: {killed_after:?}",
+         {raced} of {} keys; kills after n completed destroy calls of that purger: {killed_after:?}",
         started.elapsed(),
         created.len()
     );

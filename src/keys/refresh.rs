@@ -36,15 +36,12 @@ impl Rescan {
         }
     }
 
-    /// Waits until a scan that starts after this call has finished, or until `deadline` (at
-    /// most [`MAX_WAIT`] from now); with `force`, asks for one now rather than waiting for the
-    /// refresher's next periodic scan.
-    pub(crate) async fn wait_for_scan(&self, deadline: Option<Instant>, force: bool) {
+    /// Asks for a scan that starts after this call and waits until it has finished, or until
+    /// `deadline` (at most [`MAX_WAIT`] from now).
+    pub(crate) async fn request_and_wait(&self, deadline: Option<Instant>) {
         let target = *self.started.lock().unwrap_or_else(|p| p.into_inner()) + 1;
         let mut finished = self.finished.subscribe();
-        if force {
-            self.wake.notify_one();
-        }
+        self.wake.notify_one();
         let limit = Instant::now() + MAX_WAIT;
         let limit = deadline.map_or(limit, |d| d.min(limit));
         let _ = tokio::time::timeout_at(limit, finished.wait_for(|&n| n >= target)).await;
@@ -81,7 +78,7 @@ mod tests {
         let waiters: Vec<_> = (0..10)
             .map(|_| {
                 let r = Arc::clone(&rescan);
-                tokio::spawn(async move { r.wait_for_scan(None, true).await })
+                tokio::spawn(async move { r.request_and_wait(None).await })
             })
             .collect();
         tokio::task::yield_now().await;
@@ -97,24 +94,5 @@ mod tests {
             w.await.unwrap();
         }
         assert_eq!(n, 2, "one scan served all ten misses");
-    }
-
-    #[tokio::test]
-    async fn an_unforced_wait_takes_the_next_periodic_scan_without_asking_for_one() {
-        let rescan = Arc::new(Rescan::new());
-        let waiter = {
-            let r = Arc::clone(&rescan);
-            tokio::spawn(async move { r.wait_for_scan(None, false).await })
-        };
-        for _ in 0..3 {
-            tokio::task::yield_now().await;
-        }
-        assert!(!waiter.is_finished());
-        // Nobody asked the refresher: a request would have stored a permit.
-        let asked = tokio::time::timeout(Duration::from_millis(1), rescan.requested()).await;
-        assert!(asked.is_err(), "an unforced wait asked for a scan");
-        let n = rescan.begin();
-        rescan.end(n);
-        waiter.await.unwrap();
     }
 }

@@ -126,18 +126,11 @@ impl KeyRegistry {
     }
 
     /// Asks the refresher for one immediate re-scan of the token (shared with concurrent
-    /// requests, rate-limited) and waits for it, until `deadline` or a few seconds.
+    /// requests, rate-limited) and waits for it, until `deadline` or a few seconds. Callers
+    /// decide who may cause one (see [`crate::auth::authz`]).
     pub(crate) async fn rescan_once(&self, deadline: Option<Instant>) {
-        self.rescan_after(deadline, true).await;
-    }
-
-    /// Waits for a re-scan of the token that starts after this call, until `deadline` or a few
-    /// seconds; with `force`, asks the refresher for one at once (shared with concurrent
-    /// requests, rate-limited), else waits for its next periodic scan. Callers decide who may
-    /// cause one (see [`crate::auth::authz`]).
-    pub(crate) async fn rescan_after(&self, deadline: Option<Instant>, force: bool) {
         if let Some(rescan) = self.rescan.get() {
-            rescan.wait_for_scan(deadline, force).await;
+            rescan.request_and_wait(deadline).await;
         }
     }
 

@@ -25,8 +25,13 @@
 //! Every `managed_keys.refresh_interval_ms`, and at once when a lookup misses, the refresher
 //! reads the state nonce. Only when it (or the HSM epoch) changed does it read every p11kms
 //! object and reconcile: new keys and versions are resolved on the token and pinned, changed
-//! documents replace their entries, vanished keys are dropped. A scan never undoes an entry this
-//! replica wrote after the scan began.
+//! documents are joined with their entries, vanished keys are dropped. A scan never undoes an
+//! entry this replica wrote after the scan began, and never takes a key back to an older state:
+//! a read can miss objects another process is writing (see [`crate::hsm::Hsm::touch_token`]),
+//! so what it returns is merged with what the registry held, never put in its place.
+//!
+//! After its writes, a replica touches the token a few times (SoftHSM-like tokens only) and
+//! stores the documents it wrote again, so that other replicas see them (`write.rs`).
 //!
 //! # Delete and purge (`purge.rs`)
 //! A deletion hides the key from signing at once on this replica and within one refresh interval
