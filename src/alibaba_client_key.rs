@@ -81,6 +81,20 @@ pub fn main(args: ClientKeyCreateArgs) -> ExitCode {
 /// # Errors
 /// A bad subject, or a file that cannot be written; the message says which.
 pub fn create(out: &Path, subject_id: &str, subject_type: &str) -> Result<Created, String> {
+    create_as(out, None, subject_id, subject_type)
+}
+
+/// Like [`create`], with the files named `<stem>.json`, `<stem>.password` and `<stem>.cert.pem`
+/// (default stem: `clientKey_<id>`, as Alibaba's console names them).
+///
+/// # Errors
+/// As [`create`].
+pub fn create_as(
+    out: &Path,
+    stem: Option<&str>,
+    subject_id: &str,
+    subject_type: &str,
+) -> Result<Created, String> {
     if subject_id.is_empty() || subject_id.chars().count() > MAX_SUBJECT_ID_LEN {
         return Err(format!(
             "--subject must be 1 to {MAX_SUBJECT_ID_LEN} characters"
@@ -109,7 +123,7 @@ pub fn create(out: &Path, subject_id: &str, subject_type: &str) -> Result<Create
         "PrivateKeyData": base64::engine::general_purpose::STANDARD.encode(pkcs12),
     });
 
-    let stem = format!("clientKey_{id}");
+    let stem = stem.map_or_else(|| format!("clientKey_{id}"), str::to_string);
     let key_file = out.join(format!("{stem}.json"));
     let password_file = out.join(format!("{stem}.password"));
     let certificate_file = out.join(format!("{stem}.cert.pem"));

@@ -1,10 +1,13 @@
 //! Builds the gateway from a config — HSM, keys, services, listener — and runs it until a
 //! shutdown signal.
 
+use crate::api::alibaba;
+use crate::api::mux::{self, Routes};
 use crate::api::tls::ServerTls;
+use crate::api::transport_audit::TransportAudit;
 use crate::api::yandex::grpc::endpoints::EndpointService;
 use crate::api::yandex::{grpc, rest};
-use crate::api::{context, server};
+use crate::api::{context, grpc_gate, server};
 use crate::auth::Identity;
 use crate::config::Config;
 use crate::hsm::{Hsm, HsmError, KeySpec};
@@ -71,11 +74,15 @@ pub struct App {
     router: axum::Router,
     /// `server.rest_listen`: the REST API's own listener and router.
     rest: Option<(TcpListener, axum::Router)>,
+    /// `server.tls_listen`: everything the main listener serves, over TLS.
+    tls_listener: Option<TcpListener>,
     hsm: Hsm,
     signer: Arc<Signer>,
     manager: Arc<KeyManager>,
     health: HealthReporter,
     limits: server::ServerLimits,
+    /// Connection and body limits and the transport's audit records, over both listeners.
+    edge: Arc<server::Edge>,
     tls: Option<Arc<ServerTls>>,
     reload: Reload,
     identity: Arc<Identity>,
@@ -204,6 +211,14 @@ impl App {
         let bound = listener
             .local_addr()
             .map_err(|source| StartError::Bind { addr, source })?;
+        let tls_listener = match config.server.tls_listen {
+            Some(addr) => Some(
+                TcpListener::bind(addr)
+                    .await
+                    .map_err(|source| StartError::Bind { addr, source })?,
+            ),
+            None => None,
+        };
         let rest_listener = match config.server.rest_listen {
             Some(addr) => Some(
                 TcpListener::bind(addr)
@@ -216,34 +231,57 @@ impl App {
         let endpoints = EndpointService::new(&advertised);
         let (grpc_router, health) =
             grpc::routes(Arc::clone(&signer), Arc::clone(&manager), endpoints.clone());
+        let grpc_router = grpc_gate::apply(grpc_router, grpc::gate_methods());
         let rest_router = rest::routes(Arc::clone(&signer), Arc::clone(&manager), endpoints);
-        // By content type on one listener, or one protocol per listener. The context layer
+        let (openapi_router, instance_router) = alibaba::routes(
+            Arc::clone(&signer),
+            Arc::clone(&manager),
+            Arc::clone(&identity),
+            &config.alibaba,
+        );
+        // By protocol on one listener, or REST on a listener of its own. The context layer
         // goes last, around everything a listener serves.
         let serial = hsm.token().serial;
-        let (router, rest) = match rest_listener {
-            None => (
-                rest::mux::by_content_type(Some(grpc_router), Some(rest_router)),
-                None,
-            ),
+        let max_header_list_size = config.server.max_header_list_size as usize;
+        let mut routes = Routes {
+            grpc: Some(grpc_router),
+            rest: Some(rest_router),
+            alibaba_openapi: Some(openapi_router),
+            alibaba_instance: Some(instance_router),
+        };
+        let rest = match rest_listener {
+            None => None,
             Some(rest_listener) => {
-                let rest = rest::mux::by_content_type(None, Some(rest_router));
-                let rest = context::apply(rest, Arc::clone(&identity), serial.clone());
-                (
-                    rest::mux::by_content_type(Some(grpc_router), None),
-                    Some((rest_listener, rest)),
-                )
+                let rest = mux::by_protocol(Routes {
+                    rest: routes.rest.take(),
+                    ..Routes::default()
+                });
+                let rest = context::apply(
+                    rest,
+                    Arc::clone(&identity),
+                    serial.clone(),
+                    max_header_list_size,
+                );
+                Some((rest_listener, rest))
             }
         };
-        let router = context::apply(router, Arc::clone(&identity), serial);
+        let router = mux::by_protocol(routes);
+        let edge = server::Edge::new(
+            &config.server,
+            TransportAudit::new(Arc::clone(&identity), serial.clone()),
+        );
+        let router = context::apply(router, Arc::clone(&identity), serial, max_header_list_size);
         Ok(Self {
             listener,
             router,
             rest,
+            tls_listener,
             hsm,
             signer,
             manager,
             health,
             limits: server::ServerLimits::from_config(&config.server),
+            edge,
             tls,
             reload,
             identity,
@@ -265,6 +303,11 @@ impl App {
         self.listener
             .local_addr()
             .expect("a bound TCP listener has an address")
+    }
+
+    /// The TLS listener's address, with `server.tls_listen`.
+    pub fn tls_addr(&self) -> Option<SocketAddr> {
+        self.tls_listener.as_ref().and_then(|l| l.local_addr().ok())
     }
 
     /// The REST listener's address, with `server.rest_listen`.
@@ -300,14 +343,31 @@ impl App {
             .tls
             .as_ref()
             .map(|tls| tokio::spawn(Arc::clone(tls).watch(self.reload.subscribe(), stop.clone())));
-        // Both listeners stop on the same signal and drain side by side.
+        // Every listener stops on the same signal and they drain side by side. With a TLS
+        // listener of its own, the others are plaintext.
         let stop_serving = CancellationToken::new();
+        let (plain_tls, extra_tls) = match self.tls_listener {
+            Some(listener) => (None, Some((listener, self.tls.clone()))),
+            None => (self.tls.clone(), None),
+        };
         let rest = self.rest.map(|(listener, router)| {
             server::serve(
                 listener,
                 router,
                 self.limits.clone(),
-                self.tls.clone(),
+                plain_tls.clone(),
+                Arc::clone(&self.edge),
+                stop_serving.clone().cancelled_owned(),
+            )
+        });
+        let tls = extra_tls.map(|(listener, tls)| {
+            tracing::info!(addr = ?listener.local_addr().ok(), "serving over TLS");
+            server::serve(
+                listener,
+                self.router.clone(),
+                self.limits.clone(),
+                tls,
+                Arc::clone(&self.edge),
                 stop_serving.clone().cancelled_owned(),
             )
         });
@@ -320,12 +380,18 @@ impl App {
                 self.listener,
                 self.router,
                 self.limits,
-                self.tls,
+                plain_tls,
+                self.edge,
                 stop_serving.clone().cancelled_owned(),
             ),
             async {
                 if let Some(rest) = rest {
                     rest.await;
+                }
+            },
+            async {
+                if let Some(tls) = tls {
+                    tls.await;
                 }
             },
         );

@@ -189,9 +189,13 @@ pub struct DevArgs {
     /// Where the token, PINs and generated config live; created on first run, reused after.
     #[arg(long, default_value = "./.p11kms-dev")]
     pub state_dir: PathBuf,
-    /// Address to serve on.
+    /// Address to serve on, plaintext (gRPC, REST and the Alibaba APIs).
     #[arg(long, default_value = "127.0.0.1:50051")]
     pub listen: SocketAddr,
+    /// Address to serve the same APIs on over TLS, with a certificate from the dev CA
+    /// (`ca.pem` in the state directory).
+    #[arg(long, default_value = "127.0.0.1:50443")]
+    pub tls_listen: SocketAddr,
     /// The SoftHSMv2 module; found in the usual install locations when omitted.
     #[arg(long)]
     pub module: Option<PathBuf>,
@@ -264,6 +268,11 @@ pub struct BenchArgs {
     /// once per `--state-dir` and reused.
     #[arg(long, value_delimiter = ',')]
     pub scale: Vec<usize>,
+    /// A key-service run instead of the algorithm runs: create this many P-256 keys through the
+    /// key service of a daemon on an empty token of its own, list them with every page size,
+    /// and time a second replica's start-up on them.
+    #[arg(long, value_name = "KEYS")]
+    pub key_service: Option<usize>,
     /// Internal: generate this many scale keys on the token of `SOFTHSM2_CONF`, then exit.
     #[arg(long, hide = true)]
     pub scale_keygen: Option<usize>,

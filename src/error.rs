@@ -98,8 +98,10 @@ pub enum Precondition {
     PendingDeletion,
     /// The key is still being created.
     Creating,
-    /// The key's state does not allow the change (not deleted, protected, too many versions…).
+    /// The key's state does not allow the change (not deleted, protected…).
     State,
+    /// A limit on the key: too many versions, or a new one too soon after the last.
+    Limit,
     /// The key material is unusable: gone, changed on the token, or unfit for the scheme.
     Unusable,
 }

@@ -31,7 +31,7 @@ fn main() -> ExitCode {
             .map(|config| Mode::Serve(Box::new(config)))
             .map_err(|e| e.to_string()),
         Command::Dev(args) => dev::prepare(args)
-            .map(|state| Mode::Dev(state, args.init_only))
+            .map(|state| Mode::Dev(Box::new(state), args.init_only))
             .map_err(|e| e.to_string()),
         Command::Keys(_) | Command::Bench(_) | Command::Alibaba(_) => {
             unreachable!("handled above")
@@ -71,9 +71,9 @@ fn main() -> ExitCode {
 }
 
 enum Mode {
-    // Boxed: the config is large next to the dev state.
+    // Boxed: both are large, and only one is ever made.
     Serve(Box<Config>),
-    Dev(dev::DevState, bool),
+    Dev(Box<dev::DevState>, bool),
 }
 
 async fn run(mode: Mode) -> Result<(), Box<dyn std::error::Error>> {
@@ -94,7 +94,7 @@ async fn run(mode: Mode) -> Result<(), Box<dyn std::error::Error>> {
                 return Ok(());
             }
             let app = App::build_with_hsm(&config, hsm).await?;
-            println!("{}", dev::banner(&state, app.local_addr()));
+            println!("{}", dev::banner(&state, app.local_addr(), app.tls_addr()));
             app
         }
     };
@@ -113,6 +113,9 @@ async fn run(mode: Mode) -> Result<(), Box<dyn std::error::Error>> {
     if let Some(addr) = app.rest_addr() {
         // Before the ready line, so that whoever waits for that line has this one too.
         println!("p11kms REST listening on {addr}");
+    }
+    if let Some(addr) = app.tls_addr() {
+        println!("p11kms TLS listening on {addr}");
     }
     println!("p11kms listening on {}", app.local_addr());
     app.run(shutdown_signal(term, int)).await;

@@ -96,6 +96,11 @@ impl Signer {
         self.manager.registry()
     }
 
+    /// The authorisation policy.
+    pub fn policy(&self) -> &Arc<crate::auth::Policy> {
+        self.manager.policy()
+    }
+
     /// The HSM.
     pub fn hsm(&self) -> &Hsm {
         &self.hsm

@@ -97,6 +97,10 @@ async fn every_request_gets_exactly_one_audit_record_and_no_secret_is_written_an
     const PER_CLIENT: usize = 25;
     let _cpu = common::load::cpu_shared();
     let (token, audit) = audited_token(true);
+    // Hundreds of the load's requests carry no valid credential, from one address within a
+    // second or two; the per-address limit on those (tests/rate_limit.rs) would answer some
+    // with RESOURCE_EXHAUSTED instead of the outcome each request is checked for.
+    token.set_config("rate_limit", "anonymous_per_ip_rps", 0.0);
     let canary = hex::encode(rand::random::<[u8; 8]>());
     let signer_token = format!("CANARYTOKEN{canary}");
     let wrong_token = format!("CANARYWRONG{canary}");
@@ -422,11 +426,19 @@ async fn every_request_gets_exactly_one_audit_record_and_no_secret_is_written_an
 }
 
 /// With `[audit] required = true` a record that cannot be written withholds the answer
-/// (UNAVAILABLE), quickly; SIGHUP reopens a rotated file, and a sink that works again serves
-/// again.
+/// (UNAVAILABLE) at once, not when the write timeout expires; SIGHUP reopens a rotated file,
+/// and a sink that works again serves again.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_required_audit_sink_fails_closed_and_is_reopened_on_sighup() {
+    // Far longer than any request takes on a loaded machine, so that an answer that waited
+    // for it cannot be mistaken for one that did not.
+    const WRITE_TIMEOUT: Duration = Duration::from_secs(60);
     let (token, audit) = audited_token(true);
+    token.set_config(
+        "audit",
+        "write_timeout_ms",
+        i64::try_from(WRITE_TIMEOUT.as_millis()).unwrap(),
+    );
     let shim = Shim::install(&token);
     let daemon = Launch::serve(&token).envs(shim.env()).start();
     let mut kms = daemon.kms().await;
@@ -462,9 +474,10 @@ async fn a_required_audit_sink_fails_closed_and_is_reopened_on_sighup() {
     let took = started.elapsed();
     assert_eq!(refused.code(), Code::Unavailable, "{refused:?}");
     assert!(refused.message().contains("audit"), "{refused:?}");
+    // The write failed (ENOSPC) and said so: the answer did not wait for the timeout.
     assert!(
-        took < Duration::from_secs(1),
-        "failing closed took {took:?}"
+        took < WRITE_TIMEOUT / 2,
+        "failing closed took {took:?} (write timeout {WRITE_TIMEOUT:?})"
     );
     // The token did sign; the signature was withheld because it could not be audited.
     shim.wait_stat("calls.C_Sign", signs_before + 1).await;
@@ -569,4 +582,187 @@ async fn an_optional_sink_logs_its_failure_and_the_default_sink_is_stdout() {
     let record: Value = serde_json::from_str(&line).unwrap();
     assert_eq!(record["outcome"], "OK");
     assert_eq!(record["subject"]["id"], "dev-admin");
+}
+
+/// Answers the transport gives before (or instead of) the request-context layer (issue 11,
+/// item 4) each leave one audit record: an oversized header list (HTTP 431, over HTTP/2 and
+/// HTTP/1.1; a 20 KB bearer token also counts as a failed authentication), a stream past
+/// `max_concurrent_streams` (REFUSED_STREAM), an HTTP/1.1 request that does not parse (400).
+/// A protocol error that never became a request gets a counted log line instead.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn answers_given_by_the_transport_are_audited_and_protocol_errors_are_counted() {
+    use common::h2raw::{grpc_frame, Answer, H2Conn, RawH2, REFUSED_STREAM};
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    const GET_PUBLIC_KEY: &str =
+        "/yandex.cloud.kms.v1.asymmetricsignature.AsymmetricSignatureCryptoService/GetPublicKey";
+    let (token, audit) = audited_token(false);
+    token.set_server("max_concurrent_streams", 2);
+    let mut daemon = Daemon::serve(&token, &[]);
+    let admin = daemon.admin_token().to_string();
+    let body = || {
+        vec![grpc_frame(&prost::Message::encode_to_vec(
+            &AsymmetricGetPublicKeyRequest {
+                key_id: dev_key_id(P256),
+            },
+        ))]
+    };
+    let mut seen = Vec::new();
+
+    // A 20 KB bearer token, over HTTP/2.
+    let conn = H2Conn::connect(daemon.addr()).await;
+    let big_token = format!("CANARYBIG{}", "x".repeat(20_000));
+    let answer = conn
+        .unary(
+            GET_PUBLIC_KEY,
+            Some(&big_token),
+            &[("x-request-id", "big-bearer".to_string())],
+            body(),
+        )
+        .await;
+    seen.push(format!("20 KB bearer over HTTP/2: {answer:?}"));
+    let mut answered_as_expected = vec![answer == Answer::Http(431)];
+    // A 100 KB header list, over HTTP/2.
+    let answer = conn
+        .unary(
+            GET_PUBLIC_KEY,
+            Some(&admin),
+            &[("x-padding", "p".repeat(100_000))],
+            body(),
+        )
+        .await;
+    seen.push(format!("100 KB header list over HTTP/2: {answer:?}"));
+    answered_as_expected.push(answer == Answer::Http(431));
+
+    // Three streams where two may be open: the third is refused.
+    let mut raw = RawH2::connect(daemon.addr()).await;
+    let bearer = [("authorization", format!("Bearer {admin}"))];
+    for stream in [1, 3] {
+        raw.headers(stream, GET_PUBLIC_KEY, &bearer, false).await;
+    }
+    raw.headers(5, GET_PUBLIC_KEY, &bearer, false).await;
+    let refused = raw.answer_on(5).await.expect("an answer on stream 5");
+    seen.push(format!(
+        "third stream with max_concurrent_streams = 2: frame type {} code {:?}",
+        refused.kind,
+        refused.error_code()
+    ));
+    answered_as_expected.push((refused.kind, refused.error_code()) == (3, Some(REFUSED_STREAM)));
+    drop(raw);
+
+    // HTTP/1.1: a request line that does not parse; headers over every limit.
+    let h1 = |request: Vec<u8>| {
+        let addr = daemon.addr();
+        async move {
+            let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+            let _ = stream.write_all(&request).await;
+            let mut answer = Vec::new();
+            let _ = stream.read_to_end(&mut answer).await;
+            String::from_utf8_lossy(&answer)
+                .split(' ')
+                .nth(1)
+                .unwrap_or("none")
+                .to_string()
+        }
+    };
+    let garbage = h1(b"GARBAGE / HTTP/9.9 !\r\n\r\n".to_vec()).await;
+    seen.push(format!("HTTP/1.1 garbage: {garbage}"));
+    answered_as_expected.push(garbage == "400");
+    let mut huge = b"GET /endpoints HTTP/1.1\r\nHost: p11kms\r\n".to_vec();
+    for i in 0..4 {
+        huge.extend_from_slice(format!("x-pad-{i}: {}\r\n", "q".repeat(50_000)).as_bytes());
+    }
+    huge.extend_from_slice(b"\r\n");
+    let status = h1(huge).await;
+    seen.push(format!("HTTP/1.1 200 KB of headers: {status}"));
+    answered_as_expected.push(status == "431");
+
+    // A protocol error: WINDOW_UPDATE with a zero increment on the connection.
+    let mut raw = RawH2::connect(daemon.addr()).await;
+    raw.frame(8, 0, 0, &[0, 0, 0, 0]).await;
+    let goaway = loop {
+        match raw.next_frame().await {
+            Some(f) if f.kind == 7 => break Some(f),
+            Some(_) => {}
+            None => break None,
+        }
+    };
+    seen.push(format!(
+        "zero WINDOW_UPDATE: GOAWAY {:?}",
+        goaway.as_ref().and_then(common::h2raw::Frame::error_code)
+    ));
+    let counted = tokio::time::timeout(
+        Duration::from_secs(10),
+        daemon.wait_for_log(
+            "connection ended on a protocol error",
+            1,
+            Duration::from_secs(10),
+        ),
+    )
+    .await;
+    let authn_logged = daemon.stderr_count("authentication failed");
+
+    assert_eq!(
+        daemon.sigterm().await.code(),
+        Some(0),
+        "{}",
+        daemon.describe()
+    );
+    let recs = records(&audit);
+    let transport: Vec<&Value> = recs
+        .iter()
+        .filter(|r| r.get("transport").is_some())
+        .collect();
+    let big = recs.iter().find(|r| r["request_id"] == "big-bearer");
+    println!(
+        "{}\n{} audit records, {} of them transport answers: {:#?}\nbig-bearer record: {big:?}\n\
+         'authentication failed' log lines: {authn_logged}",
+        seen.join("\n"),
+        recs.len(),
+        transport.len(),
+        transport
+    );
+    assert!(
+        answered_as_expected.iter().all(|ok| *ok),
+        "answers as expected: {answered_as_expected:?}"
+    );
+    let big = big.expect("no record of the request with a 20 KB bearer token");
+    assert_eq!(big["outcome"], "RESOURCE_EXHAUSTED", "{big}");
+    assert!(big["authentication_failure"].is_string(), "{big}");
+    assert!(big["subject"].is_null(), "{big}");
+    assert!(
+        authn_logged >= 1,
+        "the 20 KB bearer token logged no authentication failure"
+    );
+    let of = |needle: &str| {
+        transport
+            .iter()
+            .filter(|r| r["transport"].as_str().unwrap_or_default().contains(needle))
+            .count()
+    };
+    assert_eq!(of("HTTP/2 431"), 1, "the 100 KB header list");
+    assert_eq!(of("REFUSED_STREAM"), 1, "the refused stream");
+    assert_eq!(of("HTTP/1.1 400"), 1, "the HTTP/1.1 garbage");
+    assert_eq!(of("HTTP/1.1 431"), 1, "the HTTP/1.1 header overflow");
+    assert_eq!(transport.len(), 4, "one record per transport answer");
+    for r in &transport {
+        assert!(r["peer"].as_str().unwrap().starts_with("127.0.0.1:"), "{r}");
+        assert!(
+            r["request_id"].as_str().is_some_and(|id| id.len() == 36),
+            "{r}"
+        );
+    }
+    // Every record's request id is unique: no answer was recorded twice.
+    let ids: std::collections::BTreeSet<&str> = recs
+        .iter()
+        .map(|r| r["request_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids.len(), recs.len());
+    assert!(
+        counted.is_ok(),
+        "the protocol error left no counted log line"
+    );
+    assert!(!std::fs::read_to_string(&audit)
+        .unwrap()
+        .contains("CANARYBIG"));
+    daemon.assert_never_printed("CANARYBIG");
 }

@@ -121,3 +121,34 @@ fn bench_scale_starts_serve_with_generated_keys() {
         assert_eq!(level["invalid"], 0, "{level:#}");
     }
 }
+
+#[test]
+fn bench_key_service_creates_lists_and_starts_a_replica() {
+    let _cpu = cpu_shared();
+    let token = TestToken::dev();
+    let report = bench(&token, &["--key-service", "12", "--concurrency", "4"]);
+    let run = &report["key_service"];
+    assert_eq!(run["keys"], 12, "{run:#}");
+    // 12 / 4 = 3 one at a time at each end, 6 by the concurrent clients.
+    assert_eq!(run["sequential"], 3, "{run:#}");
+    assert_eq!(run["bulk_keys"], 6, "{run:#}");
+    assert!(
+        run["create_last"]["p50_us"].as_f64().unwrap() > 0.0,
+        "{run:#}"
+    );
+    let pages: Vec<(u64, u64)> = run["list"]
+        .as_array()
+        .expect("list runs")
+        .iter()
+        .map(|l| {
+            (
+                l["page_size"].as_u64().unwrap(),
+                l["pages"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(pages, [(1, 12), (7, 2), (100, 1), (1000, 1)], "{run:#}");
+    assert!(run["replica_startup_s"].as_f64().unwrap() > 0.0, "{run:#}");
+    assert_eq!(run["verified"], 1, "{run:#}");
+    assert_eq!(run["invalid"], 0, "{run:#}");
+}

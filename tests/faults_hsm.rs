@@ -9,6 +9,7 @@
 mod common;
 
 use common::faultshim::Shim;
+use common::lateness::Lateness;
 use common::load::{
     self, get_public_key, health_of, raw_crypto_client, raw_health_client, thread_count, Load,
     LoadConfig, LoadKey, Outcome,
@@ -39,7 +40,9 @@ fn worker_threads() -> usize {
 
 /// d. With `C_Sign` hanging for 30 s, clients with a 1 s deadline get DEADLINE_EXCEEDED at the
 /// deadline (±200 ms); health and GetPublicKey keep answering in under 50 ms; the daemon's
-/// threads stay bounded by the pool; after the hang is lifted, service recovers.
+/// threads stay bounded by the pool; after the hang is lifted, service recovers. The upper
+/// bounds add how late timers ran on this machine during the hang ([`Lateness`]), so that a
+/// loaded machine makes them wider rather than the test fail by chance.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hung_sign_gives_deadline_exceeded_at_the_deadline_while_health_and_public_keys_answer() {
     // Latencies in milliseconds: no other load test of the suite runs meanwhile.
@@ -74,6 +77,7 @@ async fn hung_sign_gives_deadline_exceeded_at_the_deadline_while_health_and_publ
     shim.set_control("delay_ms.C_Sign = 30000");
     shim.wait_applied_async().await;
     let hang_start = Instant::now();
+    let lateness = Lateness::start();
 
     // Probes running through the hang: thread count every 10 ms; health (whole server and the
     // crypto service) and GetPublicKey (both keys) every 50 ms, each call timed on an
@@ -178,9 +182,11 @@ async fn hung_sign_gives_deadline_exceeded_at_the_deadline_while_health_and_publ
     latencies.sort();
     let (min, max) = (latencies[0], latencies[latencies.len() - 1]);
     let median = latencies[latencies.len() / 2];
+    let slack = lateness.slack();
     assert!(
-        min >= DEADLINE - TOLERANCE && max <= DEADLINE + TOLERANCE,
-        "DEADLINE_EXCEEDED outside {DEADLINE:?} ± {TOLERANCE:?}: min {min:?}, max {max:?}"
+        min >= DEADLINE - TOLERANCE && max <= DEADLINE + TOLERANCE + slack,
+        "DEADLINE_EXCEEDED outside {DEADLINE:?} ± {TOLERANCE:?} (+ {slack:?} of timer lateness): \
+         min {min:?}, max {max:?}"
     );
 
     // Health and GetPublicKey.
@@ -194,8 +200,8 @@ async fn hung_sign_gives_deadline_exceeded_at_the_deadline_while_health_and_publ
             e.2.push(verdict.clone());
         }
         assert!(
-            *took < FAST,
-            "{kind} took {took:?} (>= {FAST:?}) during the hang: {verdict}"
+            *took < FAST + slack,
+            "{kind} took {took:?} (>= {FAST:?} + {slack:?} of timer lateness) during the hang: {verdict}"
         );
         match *kind {
             "health" => assert!(verdict.starts_with("Some("), "health failed: {verdict}"),
@@ -209,18 +215,23 @@ async fn hung_sign_gives_deadline_exceeded_at_the_deadline_while_health_and_publ
         "the daemon had {max_threads} threads during the hang; the bound is {bound} \
          (1 main + {workers} workers + {pool} pool + 4 extra blocking + 1 shim)"
     );
+    // After the lift no call hangs, so what still fails are requests sent before it, ending by
+    // their own deadline; the requests after them are answered within theirs.
+    let recovery_bound = 2 * DEADLINE + TOLERANCE + slack;
     assert!(
-        recovery <= Duration::from_secs(5),
-        "service took {recovery:?} to recover after the hang was lifted"
+        recovery <= recovery_bound,
+        "service took {recovery:?} to recover after the hang was lifted (at most {recovery_bound:?})"
     );
     report.assert_no_invalid();
 
     eprintln!(
         "d. hung C_Sign: {} requests during the hang, all DEADLINE_EXCEEDED after \
-         min {min:?} / median {median:?} / max {max:?} (deadline {DEADLINE:?}); \
+         min {min:?} / median {median:?} / max {max:?} (deadline {DEADLINE:?}, timers up to \
+         {:?} late); \
          probes (count, max latency, answers): {by_kind:?}; threads: {threads_before} before, \
          max {max_threads} during (bound {bound}); recovery {recovery:?} after the lift\n{}",
         hung.len(),
+        lateness.max(),
         report.summary()
     );
 }
@@ -298,8 +309,9 @@ async fn corrupted_signatures_never_reach_clients() {
 }
 
 /// f. Device-class errors on every `C_Sign` for 10 s: clients see only UNAVAILABLE, the
-/// library is re-initialised at most once a second (+1), service recovers within 5 s of the
-/// end of the fault, and no invalid signature is returned.
+/// library is re-initialised at most once a second (+1), service recovers within
+/// [`load::recovery_bound`] of the end of the fault (the next attempt plus what start-up took),
+/// and no invalid signature is returned.
 async fn device_fault_for_ten_seconds(ckr: &str) {
     let _cpu = load::cpu_shared();
     const FAULT_FOR: Duration = Duration::from_secs(10);
@@ -377,16 +389,19 @@ async fn device_fault_for_ten_seconds(ckr: &str) {
         reinits_total <= span.as_secs() + 1,
         "{ckr}: {reinits_total} C_Initialize calls from the fault to recovery ({span:?})"
     );
+    let recovery_bound = load::recovery_bound(&daemon);
     assert!(
-        recovery <= Duration::from_secs(5),
-        "{ckr}: service took {recovery:?} to recover after the fault ended"
+        recovery <= recovery_bound,
+        "{ckr}: service took {recovery:?} to recover after the fault ended (at most \
+         {recovery_bound:?}: start-up took {:?})",
+        daemon.startup()
     );
     eprintln!(
         "f. {ckr} on C_Sign for {window:?}: first failure {:?} after the start; health \
          NOT_SERVING after {not_serving:?}; answers during the fault {during:?}; \
          C_Initialize +{reinits_in_window} in the window (allowed {allowed}), \
          +{reinits_total} until recovery; C_Login +{logins}; recovery {recovery:?} after the \
-         end (health SERVING after {serving:?})\n{}",
+         end (bound {recovery_bound:?}; health SERVING after {serving:?})\n{}",
         first.finished - fault_start,
         report.summary()
     );
@@ -481,14 +496,17 @@ async fn one_ambiguous_probe_answer_is_rechecked_a_persistent_one_recovers() {
     {
         assert_eq!(r.outcome.code(), Some(Code::Unavailable), "{:?}", r.outcome);
     }
+    let recovery_bound = load::recovery_bound(&daemon);
     assert!(
-        recovery <= Duration::from_secs(5),
-        "recovery took {recovery:?}"
+        recovery <= recovery_bound,
+        "recovery took {recovery:?} (at most {recovery_bound:?}: start-up took {:?})",
+        daemon.startup()
     );
     eprintln!(
         "probe: one GENERAL_ERROR from C_GetTokenInfo: rechecked, no re-initialisation, no \
          failed request; persistent: health NOT_SERVING {not_serving:?} after it began, \
-         {} C_Initialize calls until lifted {:?} later, recovery {recovery:?} after the lift\n{}",
+         {} C_Initialize calls until lifted {:?} later, recovery {recovery:?} after the lift \
+         (bound {recovery_bound:?})\n{}",
         shim.stat("initialize_calls"),
         lifted - persistent,
         report.summary()

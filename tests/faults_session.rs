@@ -35,8 +35,8 @@ fn non_ok(report: &Report) -> usize {
 /// c. `CKR_SESSION_HANDLE_INVALID` and `CKR_SESSION_CLOSED` on `C_Sign` — every 7th call for a
 /// while each, then a burst of 50 consecutive failures: the failed sessions are never used
 /// again, client errors stay within the injected faults (the one retry on a fresh session
-/// absorbs most), full service resumes within 1 s of the end, and the library is never
-/// re-initialised.
+/// absorbs most), full service resumes at once (no request sent after the faults ended fails),
+/// and the library is never re-initialised.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dead_sessions_are_evicted_without_reinitialising_the_library() {
     let _cpu = load::cpu_shared();
@@ -74,6 +74,7 @@ async fn dead_sessions_are_evicted_without_reinitialising_the_library() {
     let fault_end = Instant::now();
     shim.set_control("");
     shim.wait_applied_async().await;
+    let lifted = Instant::now();
 
     let recovery = load
         .wait_valid_run_after(fault_end, 100, Duration::from_secs(30))
@@ -112,9 +113,19 @@ async fn dead_sessions_are_evicted_without_reinitialising_the_library() {
         stats["login_calls"], 1,
         "session errors led to a new login: {stats:#?}"
     );
+    // The sessions that failed were discarded and the others are sound: from the moment the
+    // shim stopped injecting, every request is served (a time limit here would measure the
+    // machine, not the daemon).
+    let failed_after_lift: Vec<_> = report
+        .records
+        .iter()
+        .filter(|r| r.started >= lifted && r.outcome != Outcome::Valid)
+        .map(|r| &r.outcome)
+        .collect();
     assert!(
-        recovery <= Duration::from_secs(1),
-        "full service took {recovery:?} to resume"
+        failed_after_lift.is_empty(),
+        "requests sent after the faults ended failed: {failed_after_lift:?}\n{}",
+        report.summary()
     );
     eprintln!(
         "c. session errors: phases (CKR, duration, faults injected) {phases:?}, burst of 50; \

@@ -15,7 +15,11 @@ const SIGNER: &str = "kms.asymmetricSignatureKeys.signer";
 const RPS: u32 = 50;
 const BURST: u32 = 50;
 const ABUSERS: usize = 8;
-const RUN: Duration = Duration::from_secs(3);
+/// The victim's pace (20 requests per second, well inside its own limit) and how many requests
+/// it makes: the run lasts as long as they take on this machine (about 3 s), rather than a
+/// fixed time in which a loaded machine might fit too few to judge.
+const VICTIM_EVERY: Duration = Duration::from_millis(50);
+const VICTIM_REQUESTS: u32 = 60;
 
 #[tokio::test(flavor = "multi_thread")]
 async fn an_abusive_subject_is_throttled_while_another_keeps_working() {
@@ -32,15 +36,17 @@ async fn an_abusive_subject_is_throttled_while_another_keeps_working() {
     let daemon = Launch::serve(&token).start();
     let key = dev_key_id(Algorithm::EcdsaP256Sha256);
 
-    // The abuser: ABUSERS connections, each as fast as it can.
+    // The abuser: ABUSERS connections, each as fast as it can, until the victim is done.
     let started = Instant::now();
+    let victim_done = tokio_util::sync::CancellationToken::new();
     let mut hammers = tokio::task::JoinSet::new();
     for _ in 0..ABUSERS {
         let mut c = CryptoClient::new(daemon.auth_channel_as(Some(&abuser)).await);
         let key = key.clone();
+        let done = victim_done.clone();
         hammers.spawn(async move {
             let (mut ok, mut exhausted, mut other, mut message) = (0u32, 0u32, 0u32, None);
-            while started.elapsed() < RUN {
+            while !done.is_cancelled() {
                 match c
                     .get_public_key(AsymmetricGetPublicKeyRequest {
                         key_id: key.clone(),
@@ -59,11 +65,11 @@ async fn an_abusive_subject_is_throttled_while_another_keeps_working() {
         });
     }
 
-    // The victim: Sign at 20 requests per second, well inside its own limit.
+    // The victim: Sign at a steady pace, well inside its own limit.
     let mut kms = daemon.kms_as(Some(&victim)).await;
-    let mut tick = tokio::time::interval(Duration::from_millis(50));
+    let mut tick = tokio::time::interval(VICTIM_EVERY);
     let (mut v_ok, mut v_total, mut v_codes) = (0u32, 0u32, Vec::new());
-    while started.elapsed() < RUN {
+    while v_total < VICTIM_REQUESTS {
         tick.tick().await;
         v_total += 1;
         match kms.sign(&key, b"steady").await {
@@ -71,6 +77,7 @@ async fn an_abusive_subject_is_throttled_while_another_keeps_working() {
             Err(s) => v_codes.push(s.code()),
         }
     }
+    victim_done.cancel();
 
     // Health stays available to anyone, throttled or not.
     assert_eq!(daemon.health("").await.unwrap(), ServingStatus::Serving);
@@ -108,10 +115,6 @@ async fn an_abusive_subject_is_throttled_while_another_keeps_working() {
         "the victim kept only {:.1}%",
         victim_rate * 100.0
     );
-    assert!(
-        v_total >= 40,
-        "the victim made too few requests to judge: {v_total}"
-    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -123,25 +126,37 @@ async fn callers_without_credentials_share_a_bucket_per_address() {
     let key = dev_key_id(Algorithm::EcdsaP256Sha256);
     let mut anonymous = daemon.kms_as(None).await;
     let mut wrong = daemon.kms_as(Some("no-such-token")).await;
+    // Alternating, until the shared bucket has refused 20 (a loaded machine just takes longer);
+    // what it let through (UNAUTHENTICATED) is bounded by the bucket over the time it took.
+    let started = Instant::now();
     let mut codes = Vec::new();
-    for i in 0..30 {
+    let mut i = 0;
+    while codes
+        .iter()
+        .filter(|c| **c == Code::ResourceExhausted)
+        .count()
+        < 20
+    {
+        assert!(codes.len() < 1000, "the bucket refused too few: {codes:?}");
         let c = if i % 2 == 0 {
             &mut anonymous
         } else {
             &mut wrong
         };
         codes.push(c.sign(&key, b"x").await.unwrap_err().code());
+        i += 1;
     }
-    let exhausted = codes
-        .iter()
-        .filter(|c| **c == Code::ResourceExhausted)
-        .count();
+    let elapsed = started.elapsed().as_secs_f64();
     let unauthenticated = codes
         .iter()
         .filter(|c| **c == Code::Unauthenticated)
         .count();
-    assert!(exhausted >= 20, "{codes:?}");
-    assert_eq!(exhausted + unauthenticated, codes.len(), "{codes:?}");
+    assert_eq!(unauthenticated + 20, codes.len(), "{codes:?}");
+    let allowed = 5.0 + 5.0 * elapsed;
+    assert!(
+        unauthenticated as f64 <= allowed + 1.0,
+        "{unauthenticated} unauthenticated calls got past a bucket of 5 + 5/s in {elapsed:.2} s: {codes:?}"
+    );
     // A subject with credentials from the same address has its own bucket.
     let mut admin = daemon.kms().await;
     for _ in 0..5 {

@@ -8,6 +8,7 @@
 
 mod common;
 
+use common::lateness::Lateness;
 use common::tls::{
     grant_mtls, serial_of, write_replace, Ca, ClientId, Mtls, TlsClient, TlsDir, SIGNER,
 };
@@ -400,6 +401,7 @@ async fn stalled_handshakes_are_closed_at_the_timeout() {
     let daemon = Daemon::serve(&token, &[]);
     let addr = daemon.addr();
     let limit = TIMEOUT + Duration::from_secs(5);
+    let lateness = Lateness::start();
 
     let silent = time_until_closed(addr, &[], limit);
     let partial = time_until_closed(addr, PARTIAL_CLIENT_HELLO, limit);
@@ -417,8 +419,12 @@ async fn stalled_handshakes_are_closed_at_the_timeout() {
         }
     };
     let (silent, partial, no_http) = tokio::join!(silent, partial, no_http);
+    // At the timeout: not before it (the server's clock starts after ours), and after it by no
+    // more than a tenth of it plus how late timers ran on this machine meanwhile.
+    let latest = TIMEOUT + TIMEOUT / 10 + lateness.slack();
     println!(
-        "handshake timeout {TIMEOUT:?}: silent client closed after {silent:?}, partial ClientHello after {partial:?}, TLS without HTTP after {no_http:?}"
+        "handshake timeout {TIMEOUT:?}: silent client closed after {silent:?}, partial ClientHello after {partial:?}, TLS without HTTP after {no_http:?} (latest allowed {latest:?}; timers up to {:?} late)",
+        lateness.max()
     );
     for (what, took) in [
         ("silent client", silent),
@@ -426,8 +432,8 @@ async fn stalled_handshakes_are_closed_at_the_timeout() {
         ("TLS without HTTP", no_http),
     ] {
         assert!(
-            took >= TIMEOUT - Duration::from_millis(50) && took <= TIMEOUT + Duration::from_secs(1),
-            "{what}: closed after {took:?}, expected {TIMEOUT:?} (+ at most 1 s)"
+            took >= TIMEOUT - Duration::from_millis(50) && took <= latest,
+            "{what}: closed after {took:?}, expected {TIMEOUT:?} (at most {latest:?})"
         );
     }
 }
@@ -437,11 +443,21 @@ fn median(mut v: Vec<Duration>) -> Duration {
     v[v.len() / 2]
 }
 
-/// New TLS connection + Sign, `n` times in a row; returns each latency.
-async fn legit_latencies(ca: &Ca, bearer: &str, addr: SocketAddr, n: usize) -> Vec<Duration> {
+/// New TLS connection + Sign, `n` times in a row, starting none after `until`; returns each
+/// latency.
+async fn legit_latencies(
+    ca: &Ca,
+    bearer: &str,
+    addr: SocketAddr,
+    n: usize,
+    until: Option<Instant>,
+) -> Vec<Duration> {
     let client = TlsClient::new(ca);
     let mut out = Vec::with_capacity(n);
     for i in 0..n {
+        if until.is_some_and(|t| Instant::now() >= t) {
+            break;
+        }
         let start = Instant::now();
         let conn = client
             .channel(addr)
@@ -468,8 +484,9 @@ async fn two_hundred_stalled_handshakes_do_not_block_a_legitimate_client() {
     let daemon = Daemon::serve(&token, &[]);
     let addr = daemon.addr();
 
-    legit_latencies(&ca, &bearer, addr, 3).await; // warm-up
-    let baseline = legit_latencies(&ca, &bearer, addr, 15).await;
+    let lateness = Lateness::start();
+    legit_latencies(&ca, &bearer, addr, 3, None).await; // warm-up
+    let baseline = legit_latencies(&ca, &bearer, addr, 15, None).await;
     let fds_before = daemon.open_fds();
 
     let opened = Instant::now();
@@ -479,6 +496,7 @@ async fn two_hundred_stalled_handshakes_do_not_block_a_legitimate_client() {
         s.write_all(PARTIAL_CLIENT_HELLO).await.expect("send");
         stalled.push(s);
     }
+    let all_opened = opened.elapsed();
     // The daemon really holds them: one descriptor each (polled; accept is asynchronous).
     let held = loop {
         let fds = daemon.open_fds();
@@ -494,12 +512,20 @@ async fn two_hundred_stalled_handshakes_do_not_block_a_legitimate_client() {
         );
         tokio::time::sleep(Duration::from_millis(10)).await;
     };
-    let during = legit_latencies(&ca, &bearer, addr, 15).await;
+    // As many as fit in the first half of the timeout, however slow the machine is, so that
+    // every one overlaps the stalled handshakes.
+    let during = legit_latencies(&ca, &bearer, addr, 15, Some(opened + TIMEOUT / 2)).await;
     let measured_within = opened.elapsed();
     assert!(
         measured_within < TIMEOUT,
         "the measurement ran past the handshake timeout ({measured_within:?}); it no longer \
          overlaps the stalled handshakes"
+    );
+    assert!(
+        during.len() >= 3,
+        "only {} legitimate connections in {:?} (baseline: {baseline:?})",
+        during.len(),
+        TIMEOUT / 2
     );
 
     // Every stalled connection is closed by the server at the timeout.
@@ -528,17 +554,28 @@ async fn two_hundred_stalled_handshakes_do_not_block_a_legitimate_client() {
 
     let (base_med, base_max) = (median(baseline.clone()), *baseline.iter().max().unwrap());
     let (dur_med, dur_max) = (median(during.clone()), *during.iter().max().unwrap());
+    // Each stalled connection is closed at its own timeout: the last one opened
+    // `all_opened` after the first.
+    let latest_close = all_opened + TIMEOUT + TIMEOUT / 10 + lateness.slack();
     println!(
         "legitimate client (new TLS connection + Sign): baseline median {base_med:?} max {base_max:?}; \
-         with {STALLED} stalled handshakes median {dur_med:?} max {dur_max:?}; \
-         fds {fds_before} -> {held} -> {fds_after}; last stalled connection closed {closed_after:?} after opening (timeout {TIMEOUT:?})"
+         with {STALLED} stalled handshakes median {dur_med:?} max {dur_max:?} ({} samples); \
+         fds {fds_before} -> {held} -> {fds_after}; stalled connections opened within {all_opened:?}, \
+         the last closed {closed_after:?} after the first opened (timeout {TIMEOUT:?}, latest allowed \
+         {latest_close:?}; timers up to {:?} late)",
+        during.len(),
+        lateness.max()
+    );
+    // Typical latency: within three baseline medians, plus the spread the baseline itself showed.
+    // Worst case: a client queued behind the stalled handshakes would wait for their timeout;
+    // none may wait even half of it.
+    assert!(
+        dur_med <= base_med * 3 + (base_max - base_med) && dur_max < TIMEOUT / 2,
+        "stalled handshakes slowed a legitimate client: median {base_med:?} -> {dur_med:?}, \
+         max {base_max:?} -> {dur_max:?}"
     );
     assert!(
-        dur_med <= base_med * 3 + Duration::from_millis(50) && dur_max < Duration::from_secs(1),
-        "stalled handshakes slowed a legitimate client: median {base_med:?} -> {dur_med:?}, max {dur_max:?}"
-    );
-    assert!(
-        closed_after <= TIMEOUT + Duration::from_secs(1) + Duration::from_millis(500),
+        closed_after <= latest_close,
         "the last stalled handshake was closed {closed_after:?} after the burst began"
     );
     assert!(

@@ -8,11 +8,18 @@
 //!    The id goes back in the `x-request-id` response header on every answer, errors included.
 //! 2. **Authentication** ([`crate::auth::authn`]): bearer token or mTLS subject → [`Caller`],
 //!    or anonymous. The `authorization` header is then removed, so no service can log it.
-//! 3. **Rate limit** per subject (per peer IP without a valid credential): RESOURCE_EXHAUSTED,
-//!    before any work. Health checks are exempt.
-//! 4. A presented but invalid credential → UNAUTHENTICATED. No credential on anything but the
-//!    public services (endpoint discovery over gRPC and REST, health, reflection) →
-//!    UNAUTHENTICATED.
+//! 3. **Rate limit** per subject (per peer IP without a valid credential), plus a bucket per
+//!    client IP for requests without a valid credential; health checks draw from a generous
+//!    bucket of their own per client IP instead ([`crate::auth::rate_limit`]):
+//!    RESOURCE_EXHAUSTED, before any work.
+//! 4. Refusals that need no service, first match wins: anything but a health check on a
+//!    connection of the health reserve ([`super::conn_limit`]) → UNAVAILABLE; a header list over
+//!    `server.max_header_list_size` → HTTP 431 (an oversized bearer token has been counted as a
+//!    failed authentication in step 2); a presented but invalid credential → UNAUTHENTICATED;
+//!    no credential on anything but the public services (endpoint discovery over gRPC and REST,
+//!    health, reflection) → UNAUTHENTICATED; a request with a body while the bodies being
+//!    received hold `server.max_buffered_body_bytes` (half of it without a valid credential)
+//!    ([`super::body_budget`]) → RESOURCE_EXHAUSTED. None of these reads the body.
 //! 5. The service runs with a [`RequestContext`] in the request's extensions; the core
 //!    authorises with its caller and notes what the audit record needs.
 //! 6. **Audit**: when the response (or the layer's own error) is ready, exactly one record is
@@ -23,8 +30,16 @@
 //!
 //! The layer speaks each protocol through [`Protocol`]: how an error it produces is rendered,
 //! and how an outcome code is read off a response. gRPC errors are `tonic::Status` responses;
-//! REST gets the Yandex REST error body.
+//! REST gets the Yandex REST error body; the Alibaba fronts their own error formats.
+//!
+//! The Alibaba fronts authenticate requests themselves (their signatures cover the request, not
+//! a bearer token): for them the layer skips steps 2 and 3 and the credential checks of step 4,
+//! leaves the `authorization` header in place, and the front records its caller in the context
+//! ([`RequestContext::authenticated`]), rate-limits it by subject, and on a failed
+//! authentication draws from the per-IP bucket of requests without a valid credential. Steps 1,
+//! 4 (health reserve, header size, body budget without credentials), 5 and 6 are the same.
 
+use super::body_budget::BodyBudget;
 use super::peer::Peer;
 use crate::auth::audit::{self, Record, SubjectRecord};
 use crate::auth::rate_limit::RateKey;
@@ -63,11 +78,20 @@ const HEALTH: &str = "/grpc.health.v1.Health/";
 
 /// Applies the request-context layer to `router`. Call it on the finished router, after every
 /// service and route has been added: routes added afterwards would bypass it.
-pub fn apply(router: axum::Router, identity: Arc<Identity>, token_serial: String) -> axum::Router {
+/// `max_header_list_size` is `server.max_header_list_size`, which the layer enforces itself
+/// (the transport's own ceiling is higher) so that an oversized request is answered, audited
+/// and, if its credential is what is oversized, counted as a failed authentication.
+pub fn apply(
+    router: axum::Router,
+    identity: Arc<Identity>,
+    token_serial: String,
+    max_header_list_size: usize,
+) -> axum::Router {
     router.layer(ContextLayer {
         shared: Arc::new(Shared {
             identity,
             token_serial,
+            max_header_list_size,
         }),
     })
 }
@@ -80,6 +104,10 @@ pub enum Protocol {
     Grpc,
     /// Anything else: the REST/JSON API.
     Rest,
+    /// Alibaba's shared-gateway OpenAPI: `/` with an action (`x-acs-action` or `Action=`).
+    AlibabaOpenApi,
+    /// Alibaba's KMS instance API: `x-kms-apiname`.
+    AlibabaInstance,
 }
 
 /// An outcome a service may put into a response's extensions when the protocol cannot tell
@@ -88,25 +116,38 @@ pub enum Protocol {
 pub struct Outcome(pub Code);
 
 impl Protocol {
-    /// The protocol of `request`.
+    /// The protocol of `request`, from its headers and path (never its body).
     pub fn of<B>(request: &Request<B>) -> Self {
-        let grpc = request
-            .headers()
+        let headers = request.headers();
+        let grpc = headers
             .get(http::header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
             .is_some_and(|v| v.starts_with("application/grpc"));
         if grpc {
-            Protocol::Grpc
-        } else {
-            Protocol::Rest
+            return Protocol::Grpc;
         }
+        if crate::api::alibaba::instance::is_instance_request(headers) {
+            return Protocol::AlibabaInstance;
+        }
+        if request.uri().path() == "/" && crate::api::alibaba::openapi::is_openapi_request(request)
+        {
+            return Protocol::AlibabaOpenApi;
+        }
+        Protocol::Rest
     }
 
     fn name(self) -> &'static str {
         match self {
             Protocol::Grpc => "grpc",
             Protocol::Rest => "rest",
+            Protocol::AlibabaOpenApi => "alibaba-openapi",
+            Protocol::AlibabaInstance => "alibaba-instance",
         }
+    }
+
+    /// Whether the front authenticates requests itself (see the module docs).
+    fn authenticates_itself(self) -> bool {
+        matches!(self, Protocol::AlibabaOpenApi | Protocol::AlibabaInstance)
     }
 
     /// An error answer produced by the layer itself.
@@ -130,8 +171,39 @@ impl Protocol {
                 );
                 r
             }
+            Protocol::AlibabaOpenApi => {
+                crate::api::alibaba::openapi::OpenApiError::from_layer(code, message)
+                    .into_response(request_id, "")
+            }
+            Protocol::AlibabaInstance => {
+                crate::api::alibaba::instance::InstanceError::from_layer(code, message)
+                    .to_response(request_id)
+            }
         };
         response.extensions_mut().insert(Outcome(code));
+        response
+    }
+
+    /// HTTP 431 for a request whose headers are over the limit. gRPC gets the bare status, as
+    /// an HTTP/2 server's own 431 would be (clients report it as such); REST its error body.
+    pub fn headers_too_large(self, message: &str, request_id: &str) -> Response<Body> {
+        let mut response = match self {
+            Protocol::Grpc => {
+                let mut r = Response::new(Body::from(message.to_string()));
+                r.headers_mut().insert(
+                    http::header::CONTENT_TYPE,
+                    HeaderValue::from_static("text/plain; charset=utf-8"),
+                );
+                r
+            }
+            Protocol::Rest | Protocol::AlibabaOpenApi | Protocol::AlibabaInstance => {
+                self.error(Code::ResourceExhausted, message, request_id)
+            }
+        };
+        *response.status_mut() = http::StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE;
+        response
+            .extensions_mut()
+            .insert(Outcome(Code::ResourceExhausted));
         response
     }
 
@@ -148,13 +220,56 @@ impl Protocol {
                 None if response.status().is_success() => Code::Ok,
                 None => crate::api::yandex::status::code_of_http(response.status()),
             },
-            Protocol::Rest => crate::api::yandex::status::code_of_http(response.status()),
+            Protocol::Rest | Protocol::AlibabaOpenApi | Protocol::AlibabaInstance => {
+                crate::api::yandex::status::code_of_http(response.status())
+            }
         }
     }
 }
 
+/// Why the layer answers a request itself.
+#[derive(Debug)]
+enum Refusal {
+    /// An error with a gRPC code (rendered per protocol).
+    Status(Code, String),
+    /// HTTP 431.
+    HeadersTooLarge(String),
+}
+
+/// The answer to any but a health check on a connection of the health reserve.
+const RESERVE_ONLY: &str = "the gateway is at its connection limit (server.max_connections): \
+     this connection was admitted for health checks only; retry on a new connection shortly";
+
+/// A request's header list size as HTTP/2 counts it (RFC 9113 §6.5.2): every field's name and
+/// value plus 32 bytes, pseudo-header fields included, so that HTTP/1.1 and HTTP/2 requests
+/// meet the same limit.
+fn header_list_size<B>(request: &Request<B>) -> usize {
+    let uri = request.uri();
+    let pseudo = [
+        (":method", request.method().as_str().len()),
+        (
+            ":path",
+            uri.path_and_query().map_or(1, |p| p.as_str().len()),
+        ),
+        (":scheme", uri.scheme_str().map_or(4, str::len)),
+        (
+            ":authority",
+            uri.authority().map_or(0, |a| a.as_str().len()),
+        ),
+    ]
+    .iter()
+    .map(|(name, len)| name.len() + len + 32)
+    .sum::<usize>();
+    request
+        .headers()
+        .iter()
+        .map(|(name, value)| name.as_str().len() + value.len() + 32)
+        .sum::<usize>()
+        + pseudo
+}
+
 /// A fresh UUID-shaped (version 4) id.
-fn new_request_id() -> String {
+pub(crate) fn new_request_id() -> String {
     let mut b: [u8; 16] = rand::random();
     b[6] = (b[6] & 0x0f) | 0x40;
     b[8] = (b[8] & 0x3f) | 0x80;
@@ -190,6 +305,7 @@ pub fn request_id(headers: &HeaderMap) -> String {
 struct Shared {
     identity: Arc<Identity>,
     token_serial: String,
+    max_header_list_size: usize,
 }
 
 /// The layer; see the module docs.
@@ -265,13 +381,18 @@ impl Pending {
                 kind: c.subject_type.clone(),
                 method: c.method.name(),
             }),
-            authentication_failure: self.failure,
+            authentication_failure: f.authentication_failure.or(self.failure),
             peer: self.peer.as_ref().map(|p| p.addr.to_string()),
             tls: self.peer.as_ref().is_some_and(|p| p.tls),
             client_certificate: self.peer.as_ref().and_then(|p| p.client_subject.clone()),
             protocol: self.protocol.name(),
-            // REST requests name the gRPC method they were routed to; others their path.
-            rpc: f.rpc.map_or_else(|| self.rpc.clone(), str::to_string),
+            // REST requests name the gRPC method they were routed to, Alibaba requests their
+            // action; others their path.
+            rpc: f
+                .rpc
+                .map(str::to_string)
+                .or(f.action)
+                .unwrap_or_else(|| self.rpc.clone()),
             event: audit::event_of(f.rpc.unwrap_or(&self.rpc)),
             key_id: f.key_id,
             folder_id: f.folder_id,
@@ -281,6 +402,7 @@ impl Pending {
             digest_sha256: f.digest_sha256,
             alias: f.alias,
             version_id: f.version_id,
+            transport: None,
             outcome: audit::code_name(outcome),
             latency_ms: (self.started.elapsed().as_secs_f64() * 1e6).round() / 1e3,
             token_serial: self.shared.token_serial.clone(),
@@ -299,7 +421,79 @@ impl Drop for Pending {
     }
 }
 
+/// What the layer knows about a request when it decides whether to answer it itself.
+struct Facts<'a> {
+    request: &'a Request<Body>,
+    peer: Option<&'a Peer>,
+    caller: Option<&'a Caller>,
+    authenticated: &'a crate::auth::authn::Authenticated,
+    public: bool,
+    health: bool,
+    /// The front authenticates the request itself.
+    delegated: bool,
+    header_bytes: usize,
+}
+
 impl Shared {
+    /// Steps 3 and 4 of the module docs: the first refusal that applies, if any.
+    fn refusal(&self, f: &Facts<'_>) -> Option<Refusal> {
+        let rate = &self.identity.rate;
+        let ip = f.peer.map(|p| p.addr.ip());
+        let limited = if f.delegated {
+            // The front rate-limits once it knows the caller (see the module docs).
+            None
+        } else if f.health {
+            ip.and_then(|ip| rate.check_health(ip).err())
+        } else {
+            let key = match (f.caller, f.peer) {
+                (Some(c), _) => RateKey::Subject(format!("{}:{}", c.subject_type, c.subject_id)),
+                (None, Some(p)) => RateKey::Peer(p.addr.ip()),
+                (None, None) => RateKey::Unknown,
+            };
+            rate.check(&key).err().or_else(|| match (f.caller, ip) {
+                (None, Some(ip)) => rate.check_anonymous(ip).err(),
+                _ => None,
+            })
+        };
+        if let Some(message) = limited {
+            return Some(Refusal::Status(Code::ResourceExhausted, message));
+        }
+        if f.peer.is_some_and(|p| p.health_only) && !f.health {
+            return Some(Refusal::Status(Code::Unavailable, RESERVE_ONLY.to_string()));
+        }
+        if f.header_bytes > self.max_header_list_size {
+            return Some(Refusal::HeadersTooLarge(format!(
+                "the request headers are {} bytes, over this gateway's limit of {} bytes \
+                 (server.max_header_list_size); send fewer or shorter headers (a bearer token \
+                 is at most 16384 bytes)",
+                f.header_bytes, self.max_header_list_size
+            )));
+        }
+        match f.authenticated {
+            Err(_) => {
+                return Some(Refusal::Status(
+                    Code::Unauthenticated,
+                    crate::auth::authn::INVALID_CREDENTIALS.to_string(),
+                ))
+            }
+            Ok(None) if !f.public => {
+                return Some(Refusal::Status(
+                    Code::Unauthenticated,
+                    crate::auth::authn::MISSING_CREDENTIALS.to_string(),
+                ))
+            }
+            Ok(_) => {}
+        }
+        let budget = f.request.extensions().get::<Arc<BodyBudget>>()?;
+        if http_body::Body::is_end_stream(f.request.body()) {
+            return None;
+        }
+        budget
+            .admits(f.caller.is_some())
+            .err()
+            .map(|m| Refusal::Status(Code::ResourceExhausted, m))
+    }
+
     async fn handle<S>(self: Arc<Self>, mut request: Request<Body>, inner: S) -> Response<Body>
     where
         S: Service<Request<Body>, Response = Response<Body>, Error = Infallible>,
@@ -317,11 +511,19 @@ impl Shared {
             });
         let health = path.starts_with(HEALTH);
 
+        let header_bytes = header_list_size(&request);
         let identity = &self.identity;
-        let authenticated = identity
-            .authn
-            .authenticate(request.headers(), peer.as_ref());
-        request.headers_mut().remove(http::header::AUTHORIZATION);
+        let delegated = protocol.authenticates_itself();
+        let authenticated = if delegated {
+            Ok(None)
+        } else {
+            let a = identity
+                .authn
+                .authenticate(request.headers(), peer.as_ref());
+            request.headers_mut().remove(http::header::AUTHORIZATION);
+            a
+        };
+        let public = public || delegated;
         let caller = authenticated.as_ref().ok().cloned().flatten();
         let ctx = RequestContext::new(request_id.clone(), caller.clone());
         let mut pending = Pending {
@@ -340,36 +542,26 @@ impl Shared {
             subject = caller.as_ref().map_or("", |c| c.subject_id.as_str()),
         );
 
-        let refused = if health {
-            None
-        } else {
-            let key = match (&caller, &peer) {
-                (Some(c), _) => RateKey::Subject(format!("{}:{}", c.subject_type, c.subject_id)),
-                (None, Some(p)) => RateKey::Peer(p.addr.ip()),
-                (None, None) => RateKey::Unknown,
-            };
-            identity
-                .rate
-                .check(&key)
-                .err()
-                .map(|m| (Code::ResourceExhausted, m))
-        };
-        let refused = refused.or_else(|| match &authenticated {
-            Err(_) => Some((
-                Code::Unauthenticated,
-                crate::auth::authn::INVALID_CREDENTIALS.to_string(),
-            )),
-            Ok(None) if !public => Some((
-                Code::Unauthenticated,
-                crate::auth::authn::MISSING_CREDENTIALS.to_string(),
-            )),
-            Ok(_) => None,
+        let refused = self.refusal(&Facts {
+            request: &request,
+            peer: peer.as_ref(),
+            caller: caller.as_ref(),
+            authenticated: &authenticated,
+            public,
+            health,
+            delegated,
+            header_bytes,
         });
 
         let mut response = match refused {
-            Some((code, message)) => {
-                span.in_scope(|| tracing::debug!(code = ?code, %message, "request refused by the context layer"));
-                protocol.error(code, &message, &request_id)
+            Some(refusal) => {
+                span.in_scope(|| tracing::debug!(?refusal, "request refused by the context layer"));
+                match refusal {
+                    Refusal::Status(code, message) => protocol.error(code, &message, &request_id),
+                    Refusal::HeadersTooLarge(message) => {
+                        protocol.headers_too_large(&message, &request_id)
+                    }
+                }
             }
             None => {
                 request.extensions_mut().insert(ctx);

@@ -4,10 +4,17 @@
 //! [`crate::keys`]) at its edge; nothing below `api/<cloud>/` imports them.
 
 pub mod alibaba;
+pub mod body_budget;
+pub mod conn_limit;
 pub mod context;
+pub mod grpc_gate;
+pub mod h2_watch;
 pub mod linger;
+pub mod mux;
 pub mod outcome;
 pub mod peer;
 pub mod server;
 pub mod tls;
+pub mod transport_audit;
+pub mod transport_log;
 pub mod yandex;

@@ -13,4 +13,7 @@ pub struct Peer {
     /// The verified mTLS client certificate's identity: its URI SAN (e.g. a SPIFFE id) if it
     /// has one, else its subject CN. `None` without mTLS or without a client certificate.
     pub client_subject: Option<String>,
+    /// The connection was admitted into the health-check reserve past `server.max_connections`
+    /// ([`super::conn_limit`]): it may carry health checks only.
+    pub health_only: bool,
 }

@@ -15,6 +15,18 @@
 //!   opened together do not all reconnect together) the connection gets a graceful GOAWAY, and
 //!   is closed if its requests are not done after [`ServerLimits::max_connection_age_grace`].
 //!
+//! What all connections together may cost is bounded too ([`Edge`]): connections in total and
+//! per client address, with a reserve for health checks ([`super::conn_limit`]), and the bytes
+//! held by request bodies still being received ([`super::body_budget`]). Header lists are
+//! limited to `server.max_header_list_size` by the request-context layer, which answers and
+//! audits the refusal; HTTP/2 and HTTP/1.1 themselves get four times that as a hard ceiling
+//! (h2 answers 431 up to four times its own limit and closes the connection beyond).
+//!
+//! Answers the transport gives without a request reaching the request-context layer are
+//! audited ([`super::transport_audit`]): streams h2 refuses (read off the frames we write,
+//! [`super::h2_watch`]) and HTTP/1.1 request heads hyper refuses. Protocol errors that never
+//! become a request get a counted log line ([`super::transport_log`]).
+//!
 //! A connection that ends gracefully lingers (bounded) until the client has closed too, and a
 //! request body refused unread is drained (bounded), so that no answer we sent is lost to a
 //! TCP reset ([`super::linger`]).
@@ -40,21 +52,39 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tower::ServiceExt as _;
 
+use super::body_budget::{BodyBudget, CountedBody};
+use super::conn_limit::{ConnectionLimits, Slot, RESERVE_CONNECTION_AGE};
+use super::h2_watch::{FrameScanner, Sent};
 use super::linger::{LingeringBody, LingeringClose};
 use super::peer::Peer;
 use super::tls::{self, ServerTls};
+use super::transport_audit::{self, H2Refusals, TransportAudit};
+use super::transport_log::{self, Event};
 use crate::config::{ServerConfig, DEFAULT_HANDSHAKE_TIMEOUT_MS};
 
-/// Length of the HTTP/2 connection preface (`PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n`).
-const H2_PREFACE_LEN: usize = 24;
+/// The HTTP/2 connection preface.
+const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+/// The transport's own header ceiling, as a multiple of `server.max_header_list_size`.
+const HARD_HEADER_FACTOR: u32 = 4;
+/// HTTP/2 flow control: what a client may send on one stream before p11kms has read it. Twice
+/// the largest request (64 KiB gRPC, ~93 KiB REST) arrives in one round trip; hyper's default
+/// (1 MiB) would let a stalled stream park that much unread.
+const STREAM_WINDOW: u32 = 128 * 1024;
+/// The same over a whole connection: the most unread request data one connection can hold.
+const CONNECTION_WINDOW: u32 = 1024 * 1024;
+/// Response bytes buffered per stream for a client that does not read them (hyper's default,
+/// 400 KB, times 128 streams would be 50 MB per connection); our answers are small.
+const MAX_SEND_BUF: usize = 64 * 1024;
 
 /// Listener limits (`[server]` and `[server.tls]` in the config).
 #[derive(Clone, Debug)]
 pub struct ServerLimits {
     /// HTTP/2 streams one connection may have open at once.
     pub max_concurrent_streams: u32,
-    /// Largest header block accepted, in bytes.
+    /// Largest header block accepted, in bytes (enforced by the request-context layer).
     pub max_header_list_size: u32,
+    /// The HTTP/2 and HTTP/1.1 layers' own ceiling: [`HARD_HEADER_FACTOR`] times that.
+    pub hard_header_list_size: u32,
     /// Interval of HTTP/2 keepalive PINGs; `None`: none are sent.
     pub keepalive_interval: Option<Duration>,
     /// How long a PING may go unanswered before the connection is closed.
@@ -88,6 +118,7 @@ impl ServerLimits {
         Self {
             max_concurrent_streams: cfg.max_concurrent_streams,
             max_header_list_size: cfg.max_header_list_size,
+            hard_header_list_size: cfg.max_header_list_size * HARD_HEADER_FACTOR,
             keepalive_interval: (cfg.keepalive_interval_ms > 0)
                 .then(|| ms(cfg.keepalive_interval_ms)),
             keepalive_timeout: ms(cfg.keepalive_timeout_ms),
@@ -106,12 +137,40 @@ impl ServerLimits {
     }
 }
 
+/// What every listener shares: the limits over all connections, and the audit trail for
+/// answers the transport gives.
+#[derive(Debug)]
+pub struct Edge {
+    /// Connections open, in total and per address.
+    pub connections: Arc<ConnectionLimits>,
+    /// Bytes held by request bodies still being received.
+    pub bodies: Arc<BodyBudget>,
+    /// Records for answers given below the request-context layer.
+    pub audit: Arc<TransportAudit>,
+}
+
+impl Edge {
+    /// From `[server]`.
+    pub fn new(cfg: &ServerConfig, audit: Arc<TransportAudit>) -> Arc<Self> {
+        Arc::new(Self {
+            connections: ConnectionLimits::new(
+                cfg.max_connections,
+                cfg.max_connections_per_ip,
+                cfg.health_reserve_connections,
+            ),
+            bodies: BodyBudget::new(cfg.max_buffered_body_bytes),
+            audit,
+        })
+    }
+}
+
 /// What every connection task shares.
 struct Shared {
     builder: auto::Builder<TokioExecutor>,
     router: axum::Router,
     limits: ServerLimits,
     tls: Option<Arc<ServerTls>>,
+    edge: Arc<Edge>,
     /// Shutdown began: no new requests; GOAWAY on every connection.
     draining: CancellationToken,
     /// The shutdown grace is over: every connection is dropped.
@@ -125,6 +184,7 @@ pub async fn serve(
     router: axum::Router,
     limits: ServerLimits,
     tls: Option<Arc<ServerTls>>,
+    edge: Arc<Edge>,
     shutdown: impl Future<Output = ()>,
 ) {
     let mut builder = auto::Builder::new(TokioExecutor::new());
@@ -132,7 +192,10 @@ pub async fn serve(
         .http2()
         .timer(TokioTimer::new())
         .max_concurrent_streams(limits.max_concurrent_streams)
-        .max_header_list_size(limits.max_header_list_size)
+        .max_header_list_size(limits.hard_header_list_size)
+        .initial_stream_window_size(STREAM_WINDOW)
+        .initial_connection_window_size(CONNECTION_WINDOW)
+        .max_send_buf_size(MAX_SEND_BUF)
         .max_pending_accept_reset_streams(Some(limits.max_pending_accept_reset_streams))
         .max_local_error_reset_streams(Some(limits.max_local_error_reset_streams))
         .keep_alive_interval(limits.keepalive_interval)
@@ -140,13 +203,17 @@ pub async fn serve(
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(limits.header_read_timeout);
+        .header_read_timeout(limits.header_read_timeout)
+        // hyper's default holds ~400 KB of unfinished headers per connection; hyper needs at
+        // least 8 KiB.
+        .max_buf_size((limits.hard_header_list_size as usize).max(8192));
     let grace = limits.shutdown_grace;
     let shared = Arc::new(Shared {
         builder,
         router,
         limits,
         tls,
+        edge,
         draining: CancellationToken::new(),
         closing: CancellationToken::new(),
     });
@@ -165,7 +232,13 @@ pub async fn serve(
                         continue;
                     }
                 };
-                connections.spawn(connection(Arc::clone(&shared), stream, remote));
+                match shared.edge.connections.admit(remote.ip()) {
+                    Ok(slot) => {
+                        connections.spawn(connection(Arc::clone(&shared), stream, remote, slot));
+                    }
+                    // Dropping the stream closes it before anything is read or written.
+                    Err(refusal) => transport_log::note(Event::ConnectionRefused, remote, &refusal.name()),
+                }
             }
             () = &mut shutdown => break,
         }
@@ -184,8 +257,9 @@ pub async fn serve(
     }
 }
 
-/// One accepted socket, from handshake to close.
-async fn connection(shared: Arc<Shared>, stream: TcpStream, remote: SocketAddr) {
+/// One accepted socket, from handshake to close; `slot` is its place in the connection limits,
+/// freed when it ends.
+async fn connection(shared: Arc<Shared>, stream: TcpStream, remote: SocketAddr, slot: Slot) {
     let setup_deadline = Instant::now() + shared.limits.setup_timeout;
     let _ = stream.set_nodelay(true);
     let stream = LingeringClose::new(stream);
@@ -194,6 +268,7 @@ async fn connection(shared: Arc<Shared>, stream: TcpStream, remote: SocketAddr) 
             addr: remote,
             tls: false,
             client_subject: None,
+            health_only: slot.reserve,
         };
         return serve_http(&shared, stream, peer, setup_deadline).await;
     };
@@ -236,6 +311,7 @@ async fn connection(shared: Arc<Shared>, stream: TcpStream, remote: SocketAddr) 
         addr: remote,
         tls: true,
         client_subject,
+        health_only: slot.reserve,
     };
     serve_http(&shared, stream, peer, setup_deadline).await;
 }
@@ -267,19 +343,37 @@ where
     let io = SetupWatch {
         inner: io,
         read: 0,
+        preface: true,
         started: Arc::clone(&started),
+        sent: None,
+        refusals: Vec::new(),
+        report: H2Refusals {
+            audit: Arc::clone(&shared.edge.audit),
+            peer: peer.clone(),
+            max_streams: shared.limits.max_concurrent_streams,
+            hard_headers: shared.limits.hard_header_list_size,
+        },
     };
+    let bodies = Arc::clone(&shared.edge.bodies);
+    let request_peer = peer.clone();
     let service = TowerToHyperService::new(shared.router.clone().map_request(
         move |request: http::Request<hyper::body::Incoming>| {
-            let mut request = LingeringBody::wrap(request);
-            request.extensions_mut().insert(peer.clone());
+            let mut request = LingeringBody::wrap(request)
+                .map(|body| CountedBody::new(body, Arc::clone(&bodies)));
+            request.extensions_mut().insert(request_peer.clone());
+            request.extensions_mut().insert(Arc::clone(&bodies));
             request
         },
     ));
     let conn = shared.builder.serve_connection(TokioIo::new(io), service);
     tokio::pin!(conn);
 
-    let age = shared.limits.max_connection_age.map(jittered);
+    // A reserve connection is for a probe or two, not for keeping.
+    let age = if peer.health_only {
+        Some(RESERVE_CONNECTION_AGE)
+    } else {
+        shared.limits.max_connection_age.map(jittered)
+    };
     let aged_out = tokio::time::sleep(age.unwrap_or(Duration::ZERO));
     tokio::pin!(aged_out);
     let mut awaiting_setup = true;
@@ -289,7 +383,7 @@ where
         tokio::select! {
             result = conn.as_mut() => {
                 if let Err(e) = result {
-                    tracing::debug!(%remote, error = %e, "connection ended with an error");
+                    transport_audit::connection_error(&shared.edge.audit, &peer, &*e);
                 }
                 return;
             }
@@ -324,12 +418,38 @@ fn jittered(age: Duration) -> Duration {
     age.mul_f64(rand::random_range(0.9..=1.1))
 }
 
-/// Passes I/O through, and notes when the client has sent enough to be speaking HTTP: the
-/// whole HTTP/2 preface, or as many bytes of an HTTP/1 request.
+/// Passes I/O through, notes when the client has sent enough to be speaking HTTP (the whole
+/// HTTP/2 preface, or as many bytes of an HTTP/1 request), and on an HTTP/2 connection reads
+/// the frames we write for the refusals h2 makes on its own ([`super::h2_watch`]).
 struct SetupWatch<S> {
     inner: S,
     read: usize,
+    /// Every byte read so far matched the HTTP/2 preface.
+    preface: bool,
     started: Arc<AtomicBool>,
+    /// Set once the connection is known to be HTTP/2.
+    sent: Option<FrameScanner>,
+    refusals: Vec<Sent>,
+    report: H2Refusals,
+}
+
+impl<S> SetupWatch<S> {
+    fn wrote(&mut self, bufs: &[&[u8]], mut n: usize) {
+        let Some(scanner) = &mut self.sent else {
+            return;
+        };
+        for buf in bufs {
+            let take = n.min(buf.len());
+            scanner.feed(&buf[..take], &mut self.refusals);
+            n -= take;
+            if n == 0 {
+                break;
+            }
+        }
+        for sent in self.refusals.drain(..) {
+            self.report.report(sent);
+        }
+    }
 }
 
 impl<S: AsyncRead + Unpin> AsyncRead for SetupWatch<S> {
@@ -340,10 +460,20 @@ impl<S: AsyncRead + Unpin> AsyncRead for SetupWatch<S> {
     ) -> Poll<io::Result<()>> {
         let before = buf.filled().len();
         let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
-        if self.read < H2_PREFACE_LEN {
-            self.read += buf.filled().len() - before;
-            if self.read >= H2_PREFACE_LEN {
-                self.started.store(true, Ordering::Relaxed);
+        if self.read < H2_PREFACE.len() {
+            let this = &mut *self;
+            for &byte in &buf.filled()[before..] {
+                if this.read == H2_PREFACE.len() {
+                    break;
+                }
+                this.preface &= byte == H2_PREFACE[this.read];
+                this.read += 1;
+            }
+            if this.read == H2_PREFACE.len() {
+                this.started.store(true, Ordering::Relaxed);
+                if this.preface {
+                    this.sent = Some(FrameScanner::default());
+                }
             }
         }
         polled
@@ -356,7 +486,11 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for SetupWatch<S> {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
+        let polled = Pin::new(&mut self.inner).poll_write(cx, buf);
+        if let Poll::Ready(Ok(n)) = polled {
+            self.wrote(&[buf], n);
+        }
+        polled
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -372,7 +506,12 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for SetupWatch<S> {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+        let polled = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        if let Poll::Ready(Ok(n)) = polled {
+            let slices: Vec<&[u8]> = bufs.iter().map(|b| &**b).collect();
+            self.wrote(&slices, n);
+        }
+        polled
     }
 
     fn is_write_vectored(&self) -> bool {

@@ -179,6 +179,7 @@ mod tests {
             addr: "10.0.0.2:9".parse().unwrap(),
             tls: false,
             client_subject: None,
+            health_only: false,
         };
         keys.count_failure("SignatureDoesNotMatch", Some("LTAI\n-x"), Some(&peer));
         keys.count_failure("InvalidAccessKeyId.NotFound", None, None);

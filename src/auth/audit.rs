@@ -13,8 +13,9 @@
 //!
 //! What a record holds: time (RFC 3339), request id, subject (id, type, how it authenticated)
 //! or none, peer address, rpc method, key id, folder, algorithm, the SHA-256 of the message
-//! (Sign) or of the digest given (SignHash), the outcome code, latency and the token serial.
-//! Never a credential, a PIN or message bytes.
+//! (Sign) or of the digest given (SignHash), the outcome code, latency and the token serial;
+//! for an answer the transport gave on its own, what it answered
+//! (`crate::api::transport_audit`). Never a credential, a PIN or message bytes.
 
 use crate::config::{AuditConfig, AuditSink};
 use serde::Serialize;
@@ -54,6 +55,10 @@ pub struct AuditFields {
     pub alias: Option<String>,
     /// The key version used or named.
     pub version_id: Option<String>,
+    /// The action of a front whose requests name it (Alibaba's `Action`, `x-kms-apiname`).
+    pub action: Option<String>,
+    /// Why a front that authenticates requests itself refused the credentials.
+    pub authentication_failure: Option<&'static str>,
 }
 
 /// Keeps a client-chosen string bounded in the record.
@@ -122,6 +127,11 @@ pub struct Record {
     /// The key version used or named.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub version_id: Option<String>,
+    /// What the transport answered, for a request refused before the request-context layer
+    /// saw it (`HTTP/2 REFUSED_STREAM …`, `HTTP/2 431 …`, `HTTP/1.1 400 …`); `protocol` is then
+    /// `http2` or `http1` and `rpc` is empty.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub transport: Option<String>,
     /// The gRPC code name of the answer, e.g. `OK`, `PERMISSION_DENIED`.
     pub outcome: &'static str,
     /// From arrival to the answer being ready, in milliseconds.
@@ -503,6 +513,7 @@ mod tests {
             digest_sha256: None,
             alias: None,
             version_id: None,
+            transport: None,
             outcome: "OK",
             latency_ms: 0.5,
             token_serial: "s".into(),

@@ -80,6 +80,8 @@ pub struct Caller {
 pub enum Failure {
     /// The `authorization` header is not `Bearer <token>`, or appears twice.
     MalformedHeader,
+    /// A bearer token longer than any credential this gateway accepts.
+    OversizedToken,
     /// Not a configured token, and not a JWT (or JWTs are not configured).
     UnknownToken,
     /// A JWT whose signature, algorithm or key id does not check out.
@@ -97,6 +99,7 @@ impl Failure {
     pub fn reason(self) -> &'static str {
         match self {
             Failure::MalformedHeader => "malformed authorization header",
+            Failure::OversizedToken => "bearer token over 16384 bytes",
             Failure::UnknownToken => "unknown bearer token",
             Failure::JwtSignature => "JWT signature or key not accepted",
             Failure::JwtExpired => "JWT expired or not yet valid",
@@ -198,7 +201,11 @@ impl Authenticator {
         if values.next().is_some() {
             return Err(Failure::MalformedHeader);
         }
-        let token = bearer_token(value.as_bytes()).ok_or(Failure::MalformedHeader)?;
+        let token = bearer_token(value.as_bytes()).ok_or(if value.len() > MAX_TOKEN_LEN {
+            Failure::OversizedToken
+        } else {
+            Failure::MalformedHeader
+        })?;
         if let Some(caller) = self.static_token(token) {
             return Ok(Some(caller));
         }
@@ -589,6 +596,7 @@ mod tests {
             addr: "10.0.0.1:1".parse().unwrap(),
             tls: true,
             client_subject: s.map(Into::into),
+            health_only: false,
         };
         let m = a
             .authenticate(

@@ -23,25 +23,39 @@ pub use authz::{Action, Policy, Role};
 pub use rate_limit::RateLimiter;
 
 use crate::error::Error;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 /// What one request carries through the core: its id, its caller, and its audit slot. Built by
 /// the request-context layer and put in the request's extensions; clones share the slot.
+///
+/// The caller is known when the context is built, except for the fronts that authenticate
+/// requests themselves (Alibaba's signatures cover the body): they set it once, through
+/// [`RequestContext::authenticated`], before anything else reads it.
 #[derive(Clone, Debug)]
 pub struct RequestContext {
     request_id: Arc<str>,
-    caller: Option<Caller>,
+    caller: Arc<OnceLock<Caller>>,
     audit: Arc<Mutex<AuditFields>>,
 }
 
 impl RequestContext {
     /// A context for a request with `request_id`, authenticated as `caller` (or anonymous).
     pub fn new(request_id: impl Into<Arc<str>>, caller: Option<Caller>) -> Self {
+        let cell = OnceLock::new();
+        if let Some(c) = caller {
+            let _ = cell.set(c);
+        }
         Self {
             request_id: request_id.into(),
-            caller,
+            caller: Arc::new(cell),
             audit: Arc::default(),
         }
+    }
+
+    /// Records the caller a front authenticated itself. A context that already has a caller
+    /// keeps it (and this returns false): a caller never changes mid-request.
+    pub fn authenticated(&self, caller: Caller) -> bool {
+        self.caller.set(caller).is_ok()
     }
 
     /// The request id (`x-request-id`).
@@ -51,7 +65,7 @@ impl RequestContext {
 
     /// The authenticated caller, if any.
     pub fn caller_opt(&self) -> Option<&Caller> {
-        self.caller.as_ref()
+        self.caller.get()
     }
 
     /// The authenticated caller.
@@ -61,14 +75,14 @@ impl RequestContext {
     /// protected method; this is the core's own check).
     pub fn caller(&self) -> Result<&Caller, Error> {
         self.caller
-            .as_ref()
+            .get()
             .ok_or_else(|| Error::Unauthenticated(authn::MISSING_CREDENTIALS.to_string()))
     }
 
     /// Who made a change, for `Operation.created_by`: the caller's subject id.
     pub fn actor(&self) -> String {
         self.caller
-            .as_ref()
+            .get()
             .map(|c| c.subject_id.clone())
             .unwrap_or_default()
     }

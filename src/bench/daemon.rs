@@ -35,7 +35,8 @@ pub(crate) struct Launch {
 }
 
 impl Launch {
-    /// `p11kms dev --state-dir <dir> --listen 127.0.0.1:0`, sized by `P11KMS__*` overrides.
+    /// `p11kms dev --state-dir <dir> --listen 127.0.0.1:0 --tls-listen 127.0.0.1:0`, sized by
+    /// `P11KMS__*` overrides.
     pub(crate) fn dev(
         state_dir: &Path,
         module: Option<&Path>,
@@ -47,6 +48,8 @@ impl Launch {
             "--state-dir".into(),
             state_dir.into(),
             "--listen".into(),
+            "127.0.0.1:0".into(),
+            "--tls-listen".into(),
             "127.0.0.1:0".into(),
         ];
         if let Some(m) = module {

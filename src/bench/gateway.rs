@@ -93,8 +93,21 @@ impl Target {
         Self::new(addr, bearer)
     }
 
-    /// Opens a new HTTP/2 connection.
+    /// Opens a new HTTP/2 connection with the crypto service's client on it.
     pub(crate) async fn connect(&self) -> Result<Client, String> {
+        Ok(AsymmetricSignatureCryptoServiceClient::with_origin(
+            self.connection().await?,
+            self.origin(),
+        ))
+    }
+
+    /// The origin a generated client on a [`Target::connection`] needs (`with_origin`).
+    pub(crate) fn origin(&self) -> http::Uri {
+        self.origin.clone()
+    }
+
+    /// Opens a new HTTP/2 connection, for any service's generated client.
+    pub(crate) async fn connection(&self) -> Result<Connection, String> {
         let tcp = tokio::net::TcpStream::connect(self.addr)
             .await
             .map_err(|e| format!("cannot connect to {}: {e}", self.addr))?;
@@ -106,10 +119,7 @@ impl Target {
         tokio::spawn(async move {
             let _ = connection.await;
         });
-        Ok(AsymmetricSignatureCryptoServiceClient::with_origin(
-            Connection { send },
-            self.origin.clone(),
-        ))
+        Ok(Connection { send })
     }
 
     pub(crate) fn request<T>(&self, message: T) -> tonic::Request<T> {

@@ -16,11 +16,13 @@
 //! checked against whatever was measured.
 //!
 //! `--scale` measures start-up time and throughput of `p11kms serve` with many keys instead
-//! (see `scale.rs`).
+//! (see `scale.rs`); `--key-service` creates keys through the API, lists them and starts a
+//! replica on them (see `key_service.rs`).
 
 mod daemon;
 mod direct;
 mod gateway;
+mod key_service;
 mod procfs;
 pub mod report;
 mod scale;
@@ -104,7 +106,8 @@ pub fn main(args: BenchArgs) -> ExitCode {
                 print!("{summary}");
             }
             let invalid: u64 = report.runs.iter().map(|r| r.invalid).sum::<u64>()
-                + report.scale.iter().map(|r| r.invalid).sum::<u64>();
+                + report.scale.iter().map(|r| r.invalid).sum::<u64>()
+                + report.key_service.as_ref().map_or(0, |k| k.invalid);
             if invalid > 0 {
                 eprintln!("p11kms bench: {invalid} sampled signatures did NOT verify");
                 return ExitCode::FAILURE;
@@ -147,6 +150,7 @@ struct Plan {
     state_dir_given: bool,
     module: Option<PathBuf>,
     scale: Vec<usize>,
+    key_service: Option<usize>,
 }
 
 impl Plan {
@@ -203,6 +207,16 @@ impl Plan {
         if !args.scale.is_empty() && args.endpoint.is_some() {
             return Err("--scale starts its own daemons; it cannot use --endpoint".into());
         }
+        if let Some(n) = args.key_service {
+            if !(1..=100_000).contains(&n) {
+                return Err(format!("--key-service {n}: from 1 to 100000 keys"));
+            }
+            if args.endpoint.is_some() || !args.scale.is_empty() {
+                return Err(
+                    "--key-service starts its own daemons on a token of its own; it cannot be combined with --endpoint or --scale".into(),
+                );
+            }
+        }
         Ok(Self {
             algorithms,
             ops,
@@ -226,6 +240,7 @@ impl Plan {
                 s.dedup();
                 s
             },
+            key_service: args.key_service,
         })
     }
 
@@ -270,6 +285,7 @@ impl State {
         let dev_args = DevArgs {
             state_dir: dir.clone(),
             listen: "127.0.0.1:0".parse().expect("a valid address"),
+            tls_listen: "127.0.0.1:0".parse().expect("a valid address"),
             module: args.module.clone(),
             init_only: false,
         };
@@ -374,7 +390,18 @@ async fn run(plan: &Plan, state: Option<&State>) -> Result<Report, String> {
         },
         ..Report::default()
     };
-    if !plan.scale.is_empty() {
+    if let Some(keys) = plan.key_service {
+        let state = state.expect("key-service runs have a state directory");
+        ensure_provisioned(plan, state).await?;
+        let (module, _, _) = state.token()?;
+        let bearer = bearer(plan, Some(state))?;
+        report.settings.gateway = "started by the bench (p11kms serve)".into();
+        let result = key_service::run(plan, &state.dir, &module, bearer.as_deref(), keys).await?;
+        if !plan.json {
+            print!("{}", result.text());
+        }
+        report.key_service = Some(result);
+    } else if !plan.scale.is_empty() {
         let state = state.expect("scale runs have a state directory");
         ensure_provisioned(plan, state).await?;
         let (module, _, _) = state.token()?;

@@ -75,6 +75,53 @@ pub struct ScaleResult {
     pub ratio_to_smallest: Option<f64>,
 }
 
+/// A key-service run: keys created through the API on an empty token, listed, and loaded by a
+/// second replica.
+#[derive(Clone, Debug, Serialize)]
+pub struct KeyServiceResult {
+    /// P-256 keys created through the key service.
+    pub keys: usize,
+    /// Seconds to create all of them.
+    pub create_s: f64,
+    /// Keys created one at a time at the start, and again at the end.
+    pub sequential: usize,
+    /// Create (+ `OperationService.Get`) one at a time, token holding 0..`sequential` keys.
+    pub create_first: Latency,
+    /// The same, token holding `keys - sequential`..`keys` keys.
+    pub create_last: Latency,
+    /// Keys created by concurrent clients in between.
+    pub bulk_keys: usize,
+    /// Those clients.
+    pub bulk_clients: usize,
+    /// The daemon's `managed_keys.max_concurrent_generations`.
+    pub bulk_generations: i64,
+    /// Seconds the bulk took.
+    pub bulk_s: f64,
+    /// Bulk keys per second.
+    pub bulk_keys_per_s: f64,
+    /// A bulk create as its client saw it (queueing included).
+    pub bulk_create: Latency,
+    /// List of the whole folder, per page size.
+    pub list: Vec<ListRun>,
+    /// Seconds from starting a second replica on the token to its ready line.
+    pub replica_startup_s: f64,
+    /// Signatures through the replica verified independently.
+    pub verified: u64,
+    /// Signatures that did not verify.
+    pub invalid: u64,
+}
+
+/// Listing every key of the folder with one page size.
+#[derive(Clone, Debug, Serialize)]
+pub struct ListRun {
+    /// `page_size` of every request.
+    pub page_size: usize,
+    /// Pages it took.
+    pub pages: usize,
+    /// Per page.
+    pub latency: Latency,
+}
+
 /// A target from issue 7, checked.
 #[derive(Clone, Debug, Serialize)]
 pub struct TargetCheck {
@@ -101,6 +148,8 @@ pub struct Report {
     pub runs: Vec<RunResult>,
     /// Scale levels (`--scale`).
     pub scale: Vec<ScaleResult>,
+    /// The key-service run (`--key-service`).
+    pub key_service: Option<KeyServiceResult>,
     /// The targets this run could check.
     pub targets: Vec<TargetCheck>,
 }
@@ -373,6 +422,10 @@ impl Report {
                 );
             }
         }
+        if let Some(k) = &self.key_service {
+            out.push('\n');
+            out.push_str(&k.text());
+        }
         if !self.targets.is_empty() {
             out.push_str("\ntargets:\n");
             for t in &self.targets {
@@ -464,6 +517,10 @@ impl Report {
             }
             out.push('\n');
         }
+        if let Some(k) = &self.key_service {
+            out.push_str(&k.markdown());
+            out.push('\n');
+        }
         if !self.targets.is_empty() {
             out.push_str("| target | goal | measured | verdict | note |\n|---|---|---|---|---|\n");
             for t in &self.targets {
@@ -477,6 +534,93 @@ impl Report {
                     t.note
                 );
             }
+        }
+        out
+    }
+}
+
+impl KeyServiceResult {
+    /// The rows: what was done, and its time.
+    fn rows(&self) -> Vec<(String, String)> {
+        let ms = |us: f64| format!("{:.1} ms", us / 1e3);
+        let spread = |l: &Latency| {
+            format!(
+                "p50 {} / p99 {} / max {}",
+                ms(l.p50_us),
+                ms(l.p99_us),
+                ms(l.max_us)
+            )
+        };
+        let (n, seq) = (self.keys, self.sequential);
+        let mut rows = vec![
+            (
+                format!("Create {n} P-256 keys, all phases"),
+                format!(
+                    "{:.1} s ({:.1} keys/s)",
+                    self.create_s,
+                    n as f64 / self.create_s.max(f64::MIN_POSITIVE)
+                ),
+            ),
+            (
+                format!("Create, one at a time, token holding 0–{seq} API keys"),
+                spread(&self.create_first),
+            ),
+            (
+                format!(
+                    "Create, one at a time, token holding {}–{n} API keys",
+                    n - seq
+                ),
+                spread(&self.create_last),
+            ),
+            (
+                format!(
+                    "Create, {} keys by {} concurrent clients (generation budget {})",
+                    self.bulk_keys, self.bulk_clients, self.bulk_generations
+                ),
+                format!(
+                    "{:.1} s ({:.1} keys/s); per call, queueing included: {}",
+                    self.bulk_s,
+                    self.bulk_keys_per_s,
+                    spread(&self.bulk_create)
+                ),
+            ),
+        ];
+        for l in &self.list {
+            rows.push((
+                format!(
+                    "List of the {n}-key folder, page_size {} ({} pages)",
+                    l.page_size, l.pages
+                ),
+                format!("per page: {}", spread(&l.latency)),
+            ));
+        }
+        rows.push((
+            format!("A second replica starting on the token (loading {n} keys)"),
+            format!(
+                "{:.2} s; its signature {}",
+                self.replica_startup_s,
+                if self.invalid == 0 {
+                    "verified"
+                } else {
+                    "did NOT verify"
+                }
+            ),
+        ));
+        rows
+    }
+
+    pub(crate) fn text(&self) -> String {
+        let mut out = String::from("key service (keys created through the API, then listed):\n");
+        for (what, took) in self.rows() {
+            let _ = writeln!(out, "  {what}: {took}");
+        }
+        out
+    }
+
+    fn markdown(&self) -> String {
+        let mut out = String::from("| what | time |\n|---|---|\n");
+        for (what, took) in self.rows() {
+            let _ = writeln!(out, "| {what} | {took} |");
         }
         out
     }

@@ -203,28 +203,8 @@ async fn level(
     bearer: Option<&str>,
     keys: usize,
 ) -> Result<ScaleResult, String> {
-    use std::os::unix::fs::DirBuilderExt as _;
-    let dir = state_dir.join(format!("scale-{keys}"));
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir.join("tokens"))
-        .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
-    let softhsm_conf = dir.join("softhsm2.conf");
-    std::fs::write(
-        &softhsm_conf,
-        format!(
-            "# SoftHSMv2 config of a p11kms bench scale token (generated).\n\
-             directories.tokendir = {}\n\
-             objectstore.backend = file\n\
-             log.level = ERROR\n\
-             slots.removable = false\n",
-            dir.join("tokens").display()
-        ),
-    )
-    .map_err(|e| format!("cannot write {}: {e}", softhsm_conf.display()))?;
-
-    let keygen = run_keygen(plan, state_dir, module, &softhsm_conf, keys).await?;
+    let softhsm_conf = token_dir(&state_dir.join(format!("scale-{keys}")))?;
+    let keygen = run_keygen(plan, state_dir, module, &softhsm_conf, keys, true).await?;
     let config = write_config(plan, state_dir, keys)?;
     let launch = Launch::serve(
         &config,
@@ -305,14 +285,59 @@ async fn level(
     })
 }
 
-/// Runs the key generation helper for one level, which also measures the token directly.
+/// Makes `dir/tokens` (a SoftHSM token directory of its own) and `dir/softhsm2.conf` pointing
+/// at it; returns the latter, for `SOFTHSM2_CONF`.
+pub(super) fn token_dir(dir: &Path) -> Result<PathBuf, String> {
+    use std::os::unix::fs::DirBuilderExt as _;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir.join("tokens"))
+        .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    let softhsm_conf = dir.join("softhsm2.conf");
+    std::fs::write(
+        &softhsm_conf,
+        format!(
+            "# SoftHSMv2 config of a p11kms bench token (generated).\n\
+             directories.tokendir = {}\n\
+             objectstore.backend = file\n\
+             log.level = ERROR\n\
+             slots.removable = false\n",
+            dir.join("tokens").display()
+        ),
+    )
+    .map_err(|e| format!("cannot write {}: {e}", softhsm_conf.display()))?;
+    Ok(softhsm_conf)
+}
+
+/// Creates the token of `softhsm_conf` (label [`SCALE_LABEL`], the bench's PINs) if it does not
+/// exist yet, with no keys on it.
+pub(super) async fn init_token(
+    plan: &Plan,
+    state_dir: &Path,
+    module: &Path,
+    softhsm_conf: &Path,
+) -> Result<(), String> {
+    run_keygen(plan, state_dir, module, softhsm_conf, 0, false)
+        .await
+        .map(drop)
+}
+
+/// Runs the key generation helper for one level; with `measure`, it also measures the token
+/// directly.
 async fn run_keygen(
     plan: &Plan,
     state_dir: &Path,
     module: &Path,
     softhsm_conf: &Path,
     keys: usize,
+    measure: bool,
 ) -> Result<KeygenReport, String> {
+    let (duration, warmup) = if measure {
+        (plan.duration, plan.warmup)
+    } else {
+        (std::time::Duration::ZERO, std::time::Duration::ZERO)
+    };
     let exe = super::SELF_EXE;
     let mut cmd = Command::new(exe);
     cmd.args(["bench", "--scale-keygen", &keys.to_string()])
@@ -322,9 +347,9 @@ async fn run_keygen(
         .arg(module)
         .args(["--sessions", &plan.sessions.to_string()])
         .arg("--duration")
-        .arg(format!("{}ms", plan.duration.as_millis()))
+        .arg(format!("{}ms", duration.as_millis()))
         .arg("--warmup")
-        .arg(format!("{}ms", plan.warmup.as_millis()))
+        .arg(format!("{}ms", warmup.as_millis()))
         .env("SOFTHSM2_CONF", softhsm_conf)
         .stdin(Stdio::null())
         .stderr(Stdio::inherit());
@@ -347,29 +372,7 @@ async fn run_keygen(
 /// authentication, stays) on the scale token, declaring every scale key. Relative paths keep
 /// resolving against the state directory, where the shared PIN files are.
 fn write_config(plan: &Plan, state_dir: &Path, keys: usize) -> Result<PathBuf, String> {
-    let base = state_dir.join("p11kms.toml");
-    let text = std::fs::read_to_string(&base)
-        .map_err(|e| format!("cannot read {}: {e}", base.display()))?;
-    let mut table: toml::Table =
-        toml::from_str(&text).map_err(|e| format!("{}: {e}", base.display()))?;
-    let section = |table: &mut toml::Table, name: &str| -> Result<toml::Table, String> {
-        match table.remove(name) {
-            Some(toml::Value::Table(t)) => Ok(t),
-            None => Ok(toml::Table::new()),
-            Some(_) => Err(format!("{}: [{name}] is not a table", base.display())),
-        }
-    };
-    let mut server = section(&mut table, "server")?;
-    server.insert("listen".into(), "127.0.0.1:0".into());
-    table.insert("server".into(), server.into());
-    let mut hsm = section(&mut table, "hsm")?;
-    hsm.remove("token_serial");
-    hsm.insert("token_label".into(), SCALE_LABEL.into());
-    hsm.insert(
-        "pool_size".into(),
-        i64::try_from(plan.sessions).unwrap_or(i64::MAX).into(),
-    );
-    table.insert("hsm".into(), hsm.into());
+    let mut table = config_on_own_token(plan, state_dir)?;
     let declared: Vec<toml::Value> = (0..keys)
         .map(|i| {
             let id = key_id(i);
@@ -388,4 +391,38 @@ fn write_config(plan: &Plan, state_dir: &Path, keys: usize) -> Result<PathBuf, S
     );
     std::fs::write(&path, text).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
     Ok(path)
+}
+
+/// The dev config of `state_dir` moved to a token labelled [`SCALE_LABEL`] (found through the
+/// `SOFTHSM2_CONF` the daemon is started with), listening on free ports, with the bench's pool
+/// size. Its `[[keys]]` are still the dev keys: the caller replaces them.
+pub(super) fn config_on_own_token(plan: &Plan, state_dir: &Path) -> Result<toml::Table, String> {
+    let base = state_dir.join("p11kms.toml");
+    let text = std::fs::read_to_string(&base)
+        .map_err(|e| format!("cannot read {}: {e}", base.display()))?;
+    let mut table: toml::Table =
+        toml::from_str(&text).map_err(|e| format!("{}: {e}", base.display()))?;
+    let section = |table: &mut toml::Table, name: &str| -> Result<toml::Table, String> {
+        match table.remove(name) {
+            Some(toml::Value::Table(t)) => Ok(t),
+            None => Ok(toml::Table::new()),
+            Some(_) => Err(format!("{}: [{name}] is not a table", base.display())),
+        }
+    };
+    let mut server = section(&mut table, "server")?;
+    server.insert("listen".into(), "127.0.0.1:0".into());
+    // Two daemons may run on one config at once (the key-service replica).
+    if server.contains_key("tls_listen") {
+        server.insert("tls_listen".into(), "127.0.0.1:0".into());
+    }
+    table.insert("server".into(), server.into());
+    let mut hsm = section(&mut table, "hsm")?;
+    hsm.remove("token_serial");
+    hsm.insert("token_label".into(), SCALE_LABEL.into());
+    hsm.insert(
+        "pool_size".into(),
+        i64::try_from(plan.sessions).unwrap_or(i64::MAX).into(),
+    );
+    table.insert("hsm".into(), hsm.into());
+    Ok(table)
 }

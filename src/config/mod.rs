@@ -78,6 +78,10 @@ pub struct ServerConfig {
     /// A separate listener for the REST API; `listen` then serves gRPC only. Default: none,
     /// REST and gRPC share `listen` (told apart by content type). Same TLS and limits.
     pub rest_listen: Option<SocketAddr>,
+    /// A second listener serving everything `listen` serves, over TLS (`[server.tls]`); `listen`
+    /// then stays plaintext and must be a loopback address. Default: none, and `[server.tls]`
+    /// (when set) applies to `listen` itself.
+    pub tls_listen: Option<SocketAddr>,
     /// HTTP/2 streams one connection may have open at once.
     #[serde(default = "default_max_concurrent_streams")]
     pub max_concurrent_streams: u32,
@@ -108,6 +112,22 @@ pub struct ServerConfig {
     /// HTTP/1.1 only: how long a client may take to send a request's headers, in milliseconds.
     #[serde(default = "default_header_read_timeout_ms")]
     pub header_read_timeout_ms: u64,
+    /// Connections open at once, over every listener; beyond it (and the health reserve) new
+    /// connections are closed at once.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    /// Connections one client IP address may have open at once (reserve connections included).
+    #[serde(default = "default_max_connections_per_ip")]
+    pub max_connections_per_ip: usize,
+    /// Connections accepted beyond `max_connections` that carry health checks only (and age
+    /// out quickly), so that an orchestrator's probes get through while the gateway is full.
+    #[serde(default = "default_health_reserve_connections")]
+    pub health_reserve_connections: usize,
+    /// Bytes that request bodies still being received may hold, over every connection; from
+    /// this much on, new requests with a body are refused (RESOURCE_EXHAUSTED), and requests
+    /// without a valid credential from half of it.
+    #[serde(default = "default_max_buffered_body_bytes")]
+    pub max_buffered_body_bytes: u64,
     /// TLS on the listener; required unless `listen` is a loopback address.
     pub tls: Option<TlsConfig>,
 }
@@ -118,6 +138,7 @@ impl Default for ServerConfig {
             listen: default_listen(),
             shutdown_grace_ms: default_shutdown_grace_ms(),
             advertise_address: None,
+            tls_listen: None,
             rest_listen: None,
             max_concurrent_streams: default_max_concurrent_streams(),
             max_header_list_size: default_max_header_list_size(),
@@ -128,6 +149,10 @@ impl Default for ServerConfig {
             max_pending_accept_reset_streams: default_max_pending_accept_reset_streams(),
             max_local_error_reset_streams: default_max_local_error_reset_streams(),
             header_read_timeout_ms: default_header_read_timeout_ms(),
+            max_connections: default_max_connections(),
+            max_connections_per_ip: default_max_connections_per_ip(),
+            health_reserve_connections: default_health_reserve_connections(),
+            max_buffered_body_bytes: default_max_buffered_body_bytes(),
             tls: None,
         }
     }
@@ -177,6 +202,26 @@ fn default_header_read_timeout_ms() -> u64 {
     10_000
 }
 
+fn default_max_connections() -> usize {
+    4096
+}
+
+fn default_max_connections_per_ip() -> usize {
+    256
+}
+
+fn default_health_reserve_connections() -> usize {
+    16
+}
+
+fn default_max_buffered_body_bytes() -> u64 {
+    64 << 20
+}
+
+/// Largest `server.max_header_list_size`: the HTTP/2 and HTTP/1.1 layers are given four times
+/// it as their own hard ceiling.
+pub const MAX_HEADER_LIST_SIZE: u32 = 256 * 1024;
+
 /// `[server.tls]`: the listener's certificate, optional mTLS, and the handshake deadline.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -212,6 +257,27 @@ fn default_watch_interval_ms() -> u64 {
 impl ServerConfig {
     /// Checks the listener settings and resolves the TLS file paths against `base`.
     fn validate(&mut self, base: &Path) -> Result<(), ConfigError> {
+        if let Some(tls_listen) = self.tls_listen {
+            if self.tls.is_none() {
+                return Err(err(format!(
+                    "server.tls_listen: {tls_listen} needs a [server.tls] section (cert_file, \
+                     key_file) for its certificate"
+                )));
+            }
+            if !self.listen.ip().is_loopback() {
+                return Err(err(format!(
+                    "server.listen: {} is not a loopback address, and with server.tls_listen set \
+                     it is plaintext; listen on 127.0.0.1 or [::1], or leave tls_listen out to \
+                     put TLS on listen itself",
+                    self.listen
+                )));
+            }
+            if tls_listen == self.listen && tls_listen.port() != 0 {
+                return Err(err(format!(
+                    "server.tls_listen: {tls_listen} is also server.listen; pick another address"
+                )));
+            }
+        }
         if self.tls.is_none() && !self.listen.ip().is_loopback() {
             return Err(err(format!(
                 "server.listen: {} is not a loopback address, and without server.tls the \
@@ -221,6 +287,12 @@ impl ServerConfig {
             )));
         }
         if let Some(rest) = self.rest_listen {
+            if self.tls_listen.is_some() && !rest.ip().is_loopback() {
+                return Err(err(format!(
+                    "server.rest_listen: {rest} is not a loopback address, and with \
+                     server.tls_listen set it is plaintext; listen on 127.0.0.1 or [::1]"
+                )));
+            }
             if self.tls.is_none() && !rest.ip().is_loopback() {
                 return Err(err(format!(
                     "server.rest_listen: {rest} is not a loopback address, and without \
@@ -249,9 +321,21 @@ impl ServerConfig {
         if self.max_concurrent_streams == 0 {
             return Err(err("server.max_concurrent_streams: must be at least 1"));
         }
-        if self.max_header_list_size < 1024 {
+        if !(1024..=MAX_HEADER_LIST_SIZE).contains(&self.max_header_list_size) {
+            return Err(err(format!(
+                "server.max_header_list_size: must be from 1024 to {MAX_HEADER_LIST_SIZE} (bytes)"
+            )));
+        }
+        if self.max_connections == 0 {
+            return Err(err("server.max_connections: must be at least 1"));
+        }
+        if self.max_connections_per_ip == 0 {
+            return Err(err("server.max_connections_per_ip: must be at least 1"));
+        }
+        if self.max_buffered_body_bytes < 1 << 20 {
             return Err(err(
-                "server.max_header_list_size: must be at least 1024 (bytes)",
+                "server.max_buffered_body_bytes: must be at least 1048576 (1 MiB: a few \
+                 requests of the largest size)",
             ));
         }
         if self.keepalive_interval_ms > 0 && self.keepalive_timeout_ms == 0 {
@@ -1078,9 +1162,10 @@ impl AuditConfig {
     }
 }
 
-/// `[rate_limit]`: a token bucket per subject (anonymous callers per peer IP). Off unless
-/// `per_subject_rps` is set.
-#[derive(Debug, Default, Deserialize)]
+/// `[rate_limit]`: a token bucket per subject (anonymous callers per peer IP), off unless
+/// `per_subject_rps` is set; and, on by default, one per client IP for requests without a
+/// valid credential and a separate, more generous one per client IP for health checks.
+#[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RateLimitConfig {
     /// Sustained requests per second each subject may make.
@@ -1088,6 +1173,49 @@ pub struct RateLimitConfig {
     /// Requests a subject may make at once after being idle; default: `per_subject_rps`
     /// rounded up.
     pub burst: Option<u32>,
+    /// Requests per second one client IP may make without a valid credential (health checks
+    /// aside); 0 turns the limit off.
+    #[serde(default = "default_anonymous_per_ip_rps")]
+    pub anonymous_per_ip_rps: f64,
+    /// The burst of that bucket.
+    #[serde(default = "default_anonymous_burst")]
+    pub anonymous_burst: u32,
+    /// Health checks per second one client IP may make, credential or not; 0 turns the limit
+    /// off.
+    #[serde(default = "default_health_per_ip_rps")]
+    pub health_per_ip_rps: f64,
+    /// The burst of that bucket.
+    #[serde(default = "default_health_burst")]
+    pub health_burst: u32,
+}
+
+impl Default for RateLimitConfig {
+    fn default() -> Self {
+        Self {
+            per_subject_rps: None,
+            burst: None,
+            anonymous_per_ip_rps: default_anonymous_per_ip_rps(),
+            anonymous_burst: default_anonymous_burst(),
+            health_per_ip_rps: default_health_per_ip_rps(),
+            health_burst: default_health_burst(),
+        }
+    }
+}
+
+fn default_anonymous_per_ip_rps() -> f64 {
+    50.0
+}
+
+fn default_anonymous_burst() -> u32 {
+    100
+}
+
+fn default_health_per_ip_rps() -> f64 {
+    100.0
+}
+
+fn default_health_burst() -> u32 {
+    200
 }
 
 impl RateLimitConfig {
@@ -1105,6 +1233,29 @@ impl RateLimitConfig {
         }
         if self.burst == Some(0) {
             return Err(err("rate_limit.burst: must be at least 1"));
+        }
+        for (name, rps, burst_name, burst) in [
+            (
+                "anonymous_per_ip_rps",
+                self.anonymous_per_ip_rps,
+                "anonymous_burst",
+                self.anonymous_burst,
+            ),
+            (
+                "health_per_ip_rps",
+                self.health_per_ip_rps,
+                "health_burst",
+                self.health_burst,
+            ),
+        ] {
+            if !rps.is_finite() || !(rps == 0.0 || (0.001..=1_000_000.0).contains(&rps)) {
+                return Err(err(format!(
+                    "rate_limit.{name}: {rps} must be 0 (off) or from 0.001 to 1000000"
+                )));
+            }
+            if burst == 0 {
+                return Err(err(format!("rate_limit.{burst_name}: must be at least 1")));
+            }
         }
         Ok(())
     }

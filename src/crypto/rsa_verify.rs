@@ -210,6 +210,10 @@ fn uint<const L: usize>(bytes: &[u8]) -> Uint<L> {
 }
 
 #[cfg(test)]
+#[path = "rsa_verify_pkcs1_tests.rs"]
+mod pkcs1_tests;
+
+#[cfg(test)]
 mod tests {
     use super::*;
     use rsa::signature::hazmat::RandomizedPrehashSigner as _;
@@ -217,7 +221,7 @@ mod tests {
     use rsa::traits::{PrivateKeyParts as _, PublicKeyParts as _};
     use sha2::{Sha256, Sha384, Sha512};
 
-    fn key(bits: usize) -> rsa::RsaPrivateKey {
+    pub(super) fn key(bits: usize) -> rsa::RsaPrivateKey {
         // Key generation in a debug build is slow: one key per size, shared by the tests.
         use std::sync::OnceLock;
         static KEYS: [OnceLock<rsa::RsaPrivateKey>; 3] =
@@ -235,7 +239,7 @@ mod tests {
         rsa::rand_core::OsRng
     }
 
-    fn ours(k: &rsa::RsaPrivateKey) -> RsaKey {
+    pub(super) fn ours(k: &rsa::RsaPrivateKey) -> RsaKey {
         RsaKey::new(&k.n().to_bytes_be(), &k.e().to_bytes_be()).unwrap()
     }
 

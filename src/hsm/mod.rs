@@ -25,6 +25,7 @@ mod mechanism;
 mod objects;
 mod pool;
 mod provision;
+mod random;
 mod recovery;
 mod token;
 
@@ -34,6 +35,7 @@ pub use objects::{
     APPLICATION, KEY_LABEL_PREFIX, NONCE_LABEL,
 };
 pub use provision::{init_token, GeneratedKey};
+pub use random::MAX_RANDOM_BYTES;
 pub use recovery::HsmStats;
 pub use token::TokenIdentity;
 

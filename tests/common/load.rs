@@ -682,6 +682,18 @@ pub async fn health_of(client: &mut RawHealthClient, service: &str) -> Option<Se
     Some(resp.into_inner().status())
 }
 
+/// How far apart the daemon starts recovery attempts: at least a second, plus up to 200 ms of
+/// jitter (`src/hsm/recovery.rs`). When a fault ends, the next attempt may be this far away.
+pub const RECOVERY_ATTEMPT_SPACING: Duration = Duration::from_millis(1200);
+
+/// How soon after a device-class fault ends service must be back (§6 recovery time): the next
+/// recovery attempt, then the attempt itself. That re-does what start-up did (the library, the
+/// login, every key with its trial signature), so it is allowed three times what this daemon's
+/// start-up took on this machine in this run, rather than a figure tuned on a quiet one.
+pub fn recovery_bound(daemon: &Daemon) -> Duration {
+    RECOVERY_ATTEMPT_SPACING + 3 * daemon.startup()
+}
+
 /// Polls `grpc.health.v1` (the whole server, `""`) every 20 ms until it reports `want`; returns
 /// how long that took. Panics after `timeout`.
 pub async fn wait_health(daemon: &Daemon, want: ServingStatus, timeout: Duration) -> Duration {

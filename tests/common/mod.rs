@@ -38,6 +38,9 @@
 //!   [`Daemon::rss_kib`] watch the process from outside.
 //! * [`verify`]: independent signature and SPKI checks; [`pkcs11`]: in-process cryptoki helpers
 //!   to create objects on a token copy; [`faultshim`]: run the daemon through the fault shim.
+//! * **Timing checks** compare with what the same run measured, never with a figure tuned on a
+//!   quiet machine: [`Daemon::startup`] (what a recovery re-does), [`lateness::Lateness`] (how
+//!   late timers fire right now), or a baseline the test takes itself.
 //!
 //! # Example
 //!
@@ -63,7 +66,9 @@
 #![allow(dead_code, unreachable_pub)]
 
 pub mod faultshim;
+pub mod h2raw;
 pub mod jwt;
+pub mod lateness;
 pub mod load;
 pub mod pkcs11;
 pub mod tls;
@@ -312,6 +317,14 @@ impl TestToken {
         let token = TestToken { dir };
         token.point_softhsm_at_copy();
         token.set_server("listen", "127.0.0.1:0");
+        // Dev mode's second, TLS listener has a fixed port and its own certificate; tests that
+        // want TLS configure it themselves ([`tls`]).
+        token.edit_config(|t| {
+            if let Some(server) = t.get_mut("server").and_then(toml::Value::as_table_mut) {
+                server.remove("tls_listen");
+                server.remove("tls");
+            }
+        });
         token
     }
 
@@ -826,6 +839,7 @@ impl Launch {
     /// first or stays silent past [`READY_TIMEOUT`].
     pub fn start(self) -> Daemon {
         let admin_token_file = self.admin_token_file;
+        let spawned = Instant::now();
         let mut running = Running::spawn(self.cmd);
         let deadline = Instant::now() + READY_TIMEOUT;
         loop {
@@ -844,6 +858,7 @@ impl Launch {
                             running,
                             addr,
                             admin_token,
+                            startup: spawned.elapsed(),
                         };
                     }
                 }
@@ -1145,6 +1160,7 @@ pub struct Daemon {
     running: Running,
     addr: SocketAddr,
     admin_token: Option<String>,
+    startup: Duration,
 }
 
 /// The file in a dev state directory that holds the admin token.
@@ -1212,6 +1228,14 @@ impl Daemon {
     /// The address from the ready line.
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// From spawning the process to its ready line: loading the module, logging in and
+    /// resolving every key, on this machine under its present load. The yardstick for how long
+    /// a recovery (the same work) may take in the same test, instead of a figure tuned on a
+    /// quiet machine.
+    pub fn startup(&self) -> Duration {
+        self.startup
     }
 
     /// `http://<addr>`, for tonic.

@@ -6,4 +6,40 @@
 //! error codes at its edge; below it there are only the core's domain types.
 
 pub mod instance;
+pub mod names;
 pub mod openapi;
+
+use crate::auth::client_keys::ClientKeyStore;
+use crate::auth::Identity;
+use crate::config::AlibabaConfig;
+use crate::keys::KeyManager;
+use crate::signer::Signer;
+use std::sync::Arc;
+
+/// The routers of both Alibaba fronts (OpenAPI, instance API) over the shared core.
+pub fn routes(
+    signer: Arc<Signer>,
+    manager: Arc<KeyManager>,
+    identity: Arc<Identity>,
+    config: &AlibabaConfig,
+) -> (axum::Router, axum::Router) {
+    let openapi = openapi::service::OpenApiService::new(
+        Arc::new(openapi::OpenApiAuth::from_config(config)),
+        openapi::actions::Actions::new(Arc::clone(&signer), manager),
+        Arc::clone(&identity),
+    );
+    let instance = instance::service::InstanceService::new(
+        Arc::new(ClientKeyStore::from_config(config)),
+        instance::handlers::Handlers::new(signer, instance::body::Limits::from_config(config)),
+        identity,
+    );
+    let openapi = axum::Router::new().fallback(move |request: axum::extract::Request| {
+        let front = openapi.clone();
+        async move { front.handle(request).await }
+    });
+    let instance = axum::Router::new().fallback(move |request: axum::extract::Request| {
+        let front = instance.clone();
+        async move { front.handle(request).await }
+    });
+    (openapi, instance)
+}

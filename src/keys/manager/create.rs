@@ -281,7 +281,7 @@ impl KeyManager {
                     .count();
                 if versions >= MAX_VERSIONS {
                     return Err(Error::precondition(
-                        Precondition::State,
+                        Precondition::Limit,
                         format!(
                             "key {} has {versions} versions, the most a key may have",
                             key_id_of(w)
@@ -298,7 +298,7 @@ impl KeyManager {
                     let age = now.duration_since(newest).unwrap_or_default();
                     if age < rules.min_version_interval {
                         return Err(Error::precondition(
-                            Precondition::State,
+                            Precondition::Limit,
                             format!(
                                 "the newest version of key {} is {} s old; a new version may be created {} s after the last one ([alibaba] min_key_version_interval_secs)",
                                 key_id_of(w),

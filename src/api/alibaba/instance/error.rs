@@ -215,6 +215,21 @@ impl From<Error> for InstanceError {
     }
 }
 
+impl InstanceError {
+    /// An answer the request-context layer gives itself (rate limit, health reserve, header
+    /// size, body budget, audit outage), from its canonical code.
+    pub fn from_layer(code: tonic::Code, message: &str) -> Self {
+        let code = match code {
+            tonic::Code::ResourceExhausted => Code::RejectedThrottling,
+            tonic::Code::Unavailable => Code::ServiceUnavailableTemporary,
+            tonic::Code::InvalidArgument | tonic::Code::OutOfRange => Code::InvalidParameter,
+            tonic::Code::Unauthenticated => Code::SignatureNotMatch,
+            _ => Code::InternalFailure,
+        };
+        Self::new(code, message)
+    }
+}
+
 /// The one mapping of domain errors to instance-API codes; logs the error's cause once.
 ///
 /// No wildcard arm: a new domain variant does not compile until its code is decided here.
@@ -231,7 +246,9 @@ pub fn from_domain(error: Error) -> InstanceError {
         Error::FailedPrecondition { why, .. } => match why {
             Precondition::Disabled => Code::RejectedDisabled,
             Precondition::PendingDeletion => Code::RejectedPendingDeletion,
-            Precondition::Creating | Precondition::State => Code::RejectedStateModifiedFailed,
+            Precondition::Creating | Precondition::State | Precondition::Limit => {
+                Code::RejectedStateModifiedFailed
+            }
             // The key material changed or vanished on the token: only an operator can fix it,
             // and it is not the caller's request that is wrong.
             Precondition::Unusable => Code::InternalFailure,

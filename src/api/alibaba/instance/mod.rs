@@ -18,9 +18,11 @@ pub mod api_name;
 pub mod auth;
 pub mod body;
 pub mod error;
+pub mod handlers;
 pub mod pb;
 pub mod reply;
 pub mod request;
+pub mod service;
 #[cfg(test)]
 mod test_client;
 

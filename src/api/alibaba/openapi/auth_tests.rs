@@ -216,6 +216,7 @@ fn unknown_access_key_id_is_not_found_and_counted() {
         addr: "10.1.2.3:4000".parse().unwrap(),
         tls: false,
         client_subject: None,
+        health_only: false,
     };
     let e = auth
         .authenticate(&c.build(), Some(&peer), at(T0))

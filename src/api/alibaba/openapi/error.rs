@@ -269,6 +269,24 @@ impl OpenApiError {
         )
     }
 
+    /// An answer the request-context layer gives itself (rate limit, health reserve, header
+    /// size, body budget, audit outage), from its canonical code.
+    pub fn from_layer(code: Code, message: &str) -> Self {
+        let (name, status) = match code {
+            Code::ResourceExhausted => ("Rejected.Throttling", StatusCode::TOO_MANY_REQUESTS),
+            Code::Unavailable => (
+                "ServiceUnavailableTemporary",
+                StatusCode::SERVICE_UNAVAILABLE,
+            ),
+            Code::InvalidArgument | Code::OutOfRange => {
+                ("InvalidParameter", StatusCode::BAD_REQUEST)
+            }
+            Code::Unauthenticated => ("IncompleteSignature", StatusCode::BAD_REQUEST),
+            _ => ("InternalFailure", StatusCode::INTERNAL_SERVER_ERROR),
+        };
+        Self::new(name, status, message, code)
+    }
+
     /// The one mapping of the core's errors to Alibaba codes. No wildcard arm: a new variant
     /// does not compile until it has a code here. Server-side failures keep their sanitised
     /// message and log the full cause, as the other fronts do.
@@ -295,6 +313,7 @@ impl OpenApiError {
                 Precondition::Creating | Precondition::State => {
                     ("Rejected.StateModifiedFailed", StatusCode::CONFLICT)
                 }
+                Precondition::Limit => ("Rejected.LimitExceeded", StatusCode::BAD_REQUEST),
                 // The key material changed or vanished on the token: only an operator can fix
                 // it, and it is not the caller's request that is wrong.
                 Precondition::Unusable => ("InternalFailure", StatusCode::INTERNAL_SERVER_ERROR),

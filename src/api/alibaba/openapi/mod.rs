@@ -14,6 +14,7 @@
 //!    answers with a [`reply::Reply`], or an [`error::OpenApiError`]; core errors become
 //!    Alibaba codes in one place, [`error::OpenApiError::from_domain`].
 
+pub mod actions;
 pub mod auth;
 pub mod encoding;
 pub mod error;
@@ -21,6 +22,7 @@ pub mod freshness;
 pub mod params;
 pub mod reply;
 pub mod request;
+pub mod service;
 pub mod signature;
 
 pub use auth::{Authenticated, OpenApiAuth, Scheme};
@@ -28,3 +30,21 @@ pub use error::OpenApiError;
 pub use params::Params;
 pub use reply::Reply;
 pub use request::OpenApiRequest;
+
+/// Whether a request to `/` is for the OpenAPI: it names an action (`x-acs-action`, or an
+/// `Action` parameter in the query), or carries the version header or a form body. The Yandex
+/// REST API has no route at `/`.
+pub fn is_openapi_request<B>(request: &http::Request<B>) -> bool {
+    let headers = request.headers();
+    if headers.contains_key("x-acs-action") || headers.contains_key("x-acs-version") {
+        return true;
+    }
+    let form = headers
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/x-www-form-urlencoded"));
+    form || request.uri().query().is_some_and(|q| {
+        q.split('&')
+            .any(|pair| pair.split('=').next() == Some("Action"))
+    })
+}

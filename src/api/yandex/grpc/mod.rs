@@ -45,6 +45,21 @@ pub(crate) fn parts<T>(
     Ok((ctx, deadline, request.into_inner()))
 }
 
+/// What the gRPC request gate ([`crate::api::grpc_gate`]) admits: every method of every
+/// service [`routes`] serves, described by its descriptor set, with [`MAX_REQUEST_BYTES`].
+pub fn gate_methods() -> crate::api::grpc_gate::Methods {
+    crate::api::grpc_gate::Methods::from_descriptor_sets(
+        &[
+            pb::FILE_DESCRIPTOR_SET,
+            tonic_health::pb::FILE_DESCRIPTOR_SET,
+            tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET,
+            tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET,
+        ],
+        MAX_REQUEST_BYTES,
+    )
+    .expect("the compiled descriptor sets are valid")
+}
+
 /// Routes for every gRPC service, plus the health reporter to drive. `endpoints` is what
 /// endpoint discovery advertises.
 pub fn routes(
@@ -63,17 +78,21 @@ pub fn routes(
     let admin = KeyAdminServiceServer::new(admin::AdminService::new(manager))
         .max_decoding_message_size(MAX_REQUEST_BYTES);
     let (health_reporter, health) = tonic_health::server::health_reporter();
+    // tonic's default is 4 MiB; the gate refuses larger messages first, this is the backstop.
+    let health = health.max_decoding_message_size(MAX_REQUEST_BYTES);
     let endpoints =
         ApiEndpointServiceServer::new(endpoints).max_decoding_message_size(MAX_REQUEST_BYTES);
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
         .build_v1()
-        .expect("the compiled descriptor set is valid");
+        .expect("the compiled descriptor set is valid")
+        .max_decoding_message_size(MAX_REQUEST_BYTES);
     // v1alpha as well: older grpcurl releases and many other tools only speak v1alpha.
     let reflection_v1alpha = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
         .build_v1alpha()
-        .expect("the compiled descriptor set is valid");
+        .expect("the compiled descriptor set is valid")
+        .max_decoding_message_size(MAX_REQUEST_BYTES);
     let router = tonic::service::Routes::new(crypto)
         .add_service(keys)
         .add_service(operations)

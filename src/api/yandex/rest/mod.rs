@@ -13,7 +13,7 @@
 //!   ([`response`], [`crate::error::http_status`]).
 //!
 //! Modules: [`route`] parses the bindings (the `:verb` suffix included), [`decode`] reads
-//! bodies and query strings, [`handlers`] runs one request, [`mux`] shares a listener with gRPC
+//! bodies and query strings, [`handlers`] runs one request, `crate::api::mux` shares a listener with gRPC
 //! by content type.
 //!
 //! Size limit: a body over [`MAX_BODY_BYTES`] is refused with OUT_OF_RANGE (HTTP 400), from its
@@ -24,7 +24,6 @@
 pub mod decode;
 pub mod handlers;
 pub mod messages;
-pub mod mux;
 pub mod proto_json;
 pub mod response;
 pub mod route;

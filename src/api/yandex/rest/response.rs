@@ -9,7 +9,6 @@ use crate::api::context::Protocol;
 use crate::error::Error;
 use axum::body::Body;
 use http::{header, HeaderValue, Method, Response};
-use tonic::Code;
 
 /// 200 with `value` as the body.
 pub fn ok(value: &serde_json::Value) -> Response<Body> {
@@ -63,22 +62,5 @@ pub fn unrouted(why: Unrouted, method: &Method, path: &str, request_id: &str) ->
             response
         }
         Unrouted::BadValue(e) => error(&e, request_id),
-    }
-}
-
-/// The answer on a listener that does not serve this protocol (with `server.rest_listen` set,
-/// REST and gRPC have a listener each).
-pub fn wrong_listener(protocol: Protocol, request_id: &str) -> Response<Body> {
-    match protocol {
-        Protocol::Rest => Protocol::Rest.error(
-            Code::NotFound,
-            "this listener serves gRPC only; the REST API is on the server.rest_listen address",
-            request_id,
-        ),
-        Protocol::Grpc => Protocol::Grpc.error(
-            Code::Unimplemented,
-            "this listener serves the REST API only; gRPC is on the server.listen address",
-            request_id,
-        ),
     }
 }
