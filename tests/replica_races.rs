@@ -13,6 +13,9 @@
 //! README "Several replicas") allow for *any* interleaving, and where the answers reveal whether
 //! the writers saw each other, the test says how many trials were truly concurrent.
 //!
+//! The 100 trials of a race run in five lanes of 20, each lane on its own key: a trial races
+//! three replicas on one key, as it would alone, while the waits for convergence overlap.
+//!
 //! After each trial every replica must converge to the same state, polled (never slept for)
 //! within [`CONVERGED_WITHIN`], and the state must be an allowed one: no acknowledged change
 //! lost, no revocation undone, deletion protection never bypassed. Revocations and grants are
@@ -34,13 +37,18 @@ use p11kms::crypto::Algorithm;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Debug;
 use std::future::Future;
-use std::sync::Arc;
+use std::ops::Range;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::Barrier;
 use tonic::{Code, Status};
 
 /// Trials per race.
 const TRIALS: usize = 100;
+/// Trials of one race run in this many lanes at once, each on its own key (see [`in_lanes`]).
+const LANES: usize = 5;
+/// How often [`Cluster::agree`] asks every replica again.
+const POLL: Duration = Duration::from_millis(50);
 /// The smallest refresh interval the config allows: replicas look for each other's changes
 /// this often.
 const REFRESH_MS: u64 = 100;
@@ -120,7 +128,7 @@ impl Cluster {
             if start.elapsed() >= CONVERGED_WITHIN {
                 return Err(seen);
             }
-            tokio::time::sleep(Duration::from_millis(20)).await;
+            tokio::time::sleep(POLL).await;
         }
     }
 
@@ -142,7 +150,7 @@ impl Cluster {
                 start.elapsed() < CONVERGED_WITHIN,
                 "{what}: not {want:?} within {CONVERGED_WITHIN:?}"
             );
-            tokio::time::sleep(Duration::from_millis(20)).await;
+            tokio::time::sleep(POLL).await;
         }
     }
 
@@ -332,6 +340,16 @@ impl Violations {
         self.0.entry(kind).or_default().push(detail);
     }
 
+    fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    fn absorb(&mut self, other: Violations) {
+        for (kind, details) in other.0 {
+            self.0.entry(kind).or_default().extend(details);
+        }
+    }
+
     fn assert_none(&self, race: &str, trials: usize) {
         for (kind, details) in &self.0 {
             println!("{race}: {kind}: {}/{trials} trials", details.len());
@@ -347,19 +365,110 @@ impl Violations {
     }
 }
 
-/// Replica A revokes `d<i>` while B grants `d<i+1>` and C renames the key: every replica must
-/// end with exactly `d<i+1>` bound and the new name, `d<i>` refused everywhere and `d<i+1>`
-/// signing everywhere.
+/// What the lanes of one race report.
+#[derive(Default)]
+struct Tally {
+    violations: Violations,
+    times: Times,
+    /// Outcomes by name (which order the writers ended up in).
+    counts: BTreeMap<&'static str, usize>,
+}
+
+type Shared = Arc<Mutex<Tally>>;
+
+fn lock(shared: &Shared) -> std::sync::MutexGuard<'_, Tally> {
+    shared.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// One trial's findings, added to the tally when the trial ends (a trial repairs its key when it
+/// found anything).
+fn report(shared: &Shared, found: Violations, converged: Option<Duration>) {
+    let mut tally = lock(shared);
+    tally.violations.absorb(found);
+    if let Some(took) = converged {
+        tally.times.push(took);
+    }
+}
+
+fn count(shared: &Shared, outcome: &'static str) {
+    *lock(shared).counts.entry(outcome).or_default() += 1;
+}
+
+/// Runs the `TRIALS` trials of a race in `LANES` lanes at once, each lane its own key and
+/// `run` playing trials `range` one after the other. A trial only ever races on its own key,
+/// so lanes do not change what a trial tests; they overlap the waits for convergence, which
+/// dominate a trial's time (see [`CONVERGED_WITHIN`]). Lanes are local tasks (a [`Daemon`] is
+/// not `Sync`); each trial's writes still run on tasks of their own (see [`together`]). A
+/// panicking lane fails the test.
+async fn in_lanes<F, Fut>(cluster: &Arc<Cluster>, run: F) -> Tally
+where
+    F: Fn(Arc<Cluster>, usize, Range<usize>, Shared) -> Fut,
+    Fut: Future<Output = ()> + 'static,
+{
+    let shared: Shared = Arc::default();
+    let per_lane = TRIALS / LANES;
+    let local = tokio::task::LocalSet::new();
+    local
+        .run_until(async {
+            let lanes: Vec<_> = (0..LANES)
+                .map(|lane| {
+                    tokio::task::spawn_local(run(
+                        Arc::clone(cluster),
+                        lane,
+                        lane * per_lane..(lane + 1) * per_lane,
+                        Arc::clone(&shared),
+                    ))
+                })
+                .collect();
+            for lane in lanes {
+                if let Err(e) = lane.await {
+                    std::panic::resume_unwind(e.into_panic());
+                }
+            }
+        })
+        .await;
+    let tally = std::mem::take(&mut *lock(&shared));
+    tally
+}
+
+/// Replica A revokes `d<l>-<j>` while B grants `d<l>-<j+1>` and C renames the key: every
+/// replica must end with exactly the new subject bound and the new name, the old subject
+/// refused everywhere and the new one signing everywhere.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_revocation_and_a_grant_of_different_bindings_both_take_effect() {
-    let subjects: Vec<String> = (0..=TRIALS).map(|i| format!("d{i}")).collect();
-    let cluster = Cluster::start(&subjects).await;
-    let key = cluster.admins[0].clone().create_key("races", P256).await;
+    let per_lane = TRIALS / LANES;
+    let subjects: Vec<String> = (0..LANES)
+        .flat_map(|lane| (0..=per_lane).map(move |j| format!("d{lane}-{j}")))
+        .collect();
+    let cluster = Arc::new(Cluster::start(&subjects).await);
+    let started = Instant::now();
+    let tally = in_lanes(&cluster, different_bindings_lane).await;
+    println!(
+        "different bindings: {TRIALS} trials in {LANES} lanes in {:?}; 0 of {TRIALS} \
+         revocations may be lost, {} kind(s) of violation; all replicas agreed after: {}",
+        started.elapsed(),
+        tally.violations.0.len(),
+        tally.times.summary()
+    );
+    tally.violations.assert_none("different bindings", TRIALS);
+}
+
+async fn different_bindings_lane(
+    cluster: Arc<Cluster>,
+    lane: usize,
+    trials: Range<usize>,
+    shared: Shared,
+) {
+    let subject = |j: usize| format!("d{lane}-{j}");
+    let key = cluster.admins[lane % 3]
+        .clone()
+        .create_key("races", P256)
+        .await;
     let id = key.id.clone();
     set_bindings(
-        cluster.admins[0].clone(),
+        cluster.admins[lane % 3].clone(),
         id.clone(),
-        vec![binding(SIGNER, "d0")],
+        vec![binding(SIGNER, &subject(0))],
     )
     .await
     .unwrap();
@@ -378,17 +487,16 @@ async fn a_revocation_and_a_grant_of_different_bindings_both_take_effect() {
     cluster
         .settle(
             "set-up",
-            &(Ok(bound(&[(SIGNER, "d0")])), Ok(String::new())),
+            &(Ok(bound(&[(SIGNER, &subject(0))])), Ok(String::new())),
             &observe,
         )
         .await;
 
-    let mut violations = Violations::default();
-    let mut times = Times::default();
-    let started = Instant::now();
-    for i in 0..TRIALS {
+    for (j, i) in trials.enumerate() {
+        let mut found = Violations::default();
+        let mut converged = None;
         let (a, b, c) = cluster.parts(i);
-        let (old, new, name) = (format!("d{i}"), format!("d{}", i + 1), format!("c-{i}"));
+        let (old, new, name) = (subject(j), subject(j + 1), format!("c-{i}"));
         let (ra, rb, rc) = together(
             update_bindings(
                 a,
@@ -413,38 +521,36 @@ async fn a_revocation_and_a_grant_of_different_bindings_both_take_effect() {
         let want = (Ok(bound(&[(SIGNER, &new)])), Ok(name.clone()));
         match cluster.agree(&observe).await {
             Ok((got, took)) => {
-                times.push(took);
+                converged = Some(took);
                 if got != want {
-                    violations.add(
+                    found.add(
                         "an acknowledged change was lost",
                         format!("trial {i}: want {want:?}, all replicas have {got:?}"),
                     );
                 }
             }
-            Err(seen) => violations.add("no convergence", format!("trial {i}: {seen:?}")),
+            Err(seen) => found.add("no convergence", format!("trial {i}: {seen:?}")),
         }
         match cluster.signs_everywhere(&old, &key).await {
             Signs::Nowhere => {}
-            other => violations.add(
+            other => found.add(
                 "a revoked subject still signs",
                 format!("trial {i}: {old}: {other:?}"),
             ),
         }
         match cluster.signs_everywhere(&new, &key).await {
             Signs::Everywhere => {}
-            other => violations.add(
+            other => found.add(
                 "a granted subject cannot sign",
                 format!("trial {i}: {new}: {other:?}"),
             ),
         }
-        if violations
-            .0
-            .values()
-            .any(|v| v.iter().any(|d| d.starts_with(&format!("trial {i}:"))))
-        {
+        let repair = !found.is_empty();
+        report(&shared, found, converged);
+        if repair {
             // Put the key back where the next trial expects it.
             set_bindings(
-                cluster.admins[0].clone(),
+                cluster.admins[lane % 3].clone(),
                 id.clone(),
                 vec![binding(SIGNER, &new)],
             )
@@ -455,12 +561,6 @@ async fn a_revocation_and_a_grant_of_different_bindings_both_take_effect() {
                 .await;
         }
     }
-    println!(
-        "different bindings: {TRIALS} trials in {:?}; all replicas agreed after: {}",
-        started.elapsed(),
-        times.summary()
-    );
-    violations.assert_none("different bindings", TRIALS);
 }
 
 /// Replica A revokes carol (and adds a marker binding) while B sets the bindings to carol and
@@ -471,8 +571,32 @@ async fn a_revocation_and_a_grant_of_different_bindings_both_take_effect() {
 /// she is bound.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_revocation_is_never_undone_by_a_concurrent_grant_of_the_same_binding() {
-    let cluster = Cluster::start(&["carol".to_string()]).await;
-    let key = cluster.admins[0].clone().create_key("races", P256).await;
+    let cluster = Arc::new(Cluster::start(&["carol".to_string()]).await);
+    let started = Instant::now();
+    let tally = in_lanes(&cluster, same_binding_lane).await;
+    let n = |k: &str| tally.counts.get(k).copied().unwrap_or(0);
+    println!(
+        "same binding: {TRIALS} trials in {LANES} lanes in {:?}: the revocation stood in {} \
+         (concurrent, or the set came first), carol was granted again by a set that had seen \
+         the revocation in {}; all replicas agreed after: {}",
+        started.elapsed(),
+        n("revoked"),
+        n("regranted"),
+        tally.times.summary()
+    );
+    tally.violations.assert_none("same binding", TRIALS);
+}
+
+async fn same_binding_lane(
+    cluster: Arc<Cluster>,
+    lane: usize,
+    trials: Range<usize>,
+    shared: Shared,
+) {
+    let key = cluster.admins[lane % 3]
+        .clone()
+        .create_key("races", P256)
+        .await;
     let id = key.id.clone();
     let observe = |c: Clients| {
         let id = id.clone();
@@ -487,12 +611,10 @@ async fn a_revocation_is_never_undone_by_a_concurrent_grant_of_the_same_binding(
         }
     };
 
-    let mut violations = Violations::default();
-    let mut times = Times::default();
-    let (mut revoked, mut regranted) = (0, 0);
     let mut description = String::new();
-    let started = Instant::now();
-    for i in 0..TRIALS {
+    for i in trials {
+        let mut found = Violations::default();
+        let mut converged = None;
         // Carol is bound before every trial (after a revocation, granted again on its own).
         let base = cluster.agree(&observe).await.expect("agreed").0 .0.unwrap();
         if !base.contains(&(SIGNER.to_string(), "carol".to_string())) {
@@ -546,24 +668,24 @@ async fn a_revocation_is_never_undone_by_a_concurrent_grant_of_the_same_binding(
         let revocation_stands = bound(&[(VIEWER, &witness), (VIEWER, &marker)]);
         let carol_bound = match cluster.agree(&observe).await {
             Ok(((bindings, got_description), took)) => {
-                times.push(took);
+                converged = Some(took);
                 if got_description.as_ref() != Ok(&description) {
-                    violations.add(
+                    found.add(
                         "an unrelated change was lost",
                         format!("trial {i}: description {got_description:?}"),
                     );
                 }
                 match bindings {
                     Ok(b) if b == after_a => {
-                        regranted += 1;
+                        count(&shared, "regranted");
                         Some(true)
                     }
                     Ok(b) if b == revocation_stands => {
-                        revoked += 1;
+                        count(&shared, "revoked");
                         Some(false)
                     }
                     other => {
-                        violations.add(
+                        found.add(
                             "not an outcome of any order (a change was lost or a revocation undone)",
                             format!(
                                 "trial {i}: {other:?}; allowed {after_a:?} or {revocation_stands:?}"
@@ -574,7 +696,7 @@ async fn a_revocation_is_never_undone_by_a_concurrent_grant_of_the_same_binding(
                 }
             }
             Err(seen) => {
-                violations.add("no convergence", format!("trial {i}: {seen:?}"));
+                found.add("no convergence", format!("trial {i}: {seen:?}"));
                 None
             }
         };
@@ -586,15 +708,17 @@ async fn a_revocation_is_never_undone_by_a_concurrent_grant_of_the_same_binding(
                 Signs::Nowhere
             };
             if signs != want {
-                violations.add(
+                found.add(
                     "what carol may do differs from her bindings",
                     format!("trial {i}: bound {carol_bound}, signs {signs:?}"),
                 );
             }
+            report(&shared, found, converged);
         } else {
+            report(&shared, found, converged);
             // Put the key in a state the next trial understands.
             set_bindings(
-                cluster.admins[0].clone(),
+                cluster.admins[lane % 3].clone(),
                 id.clone(),
                 vec![binding(SIGNER, "carol")],
             )
@@ -609,14 +733,6 @@ async fn a_revocation_is_never_undone_by_a_concurrent_grant_of_the_same_binding(
                 .await;
         }
     }
-    println!(
-        "same binding: {TRIALS} trials in {:?}: the revocation stood in {revoked} (concurrent, or \
-         the set came first), carol was granted again by a set that had seen the revocation in \
-         {regranted}; all replicas agreed after: {}",
-        started.elapsed(),
-        times.summary()
-    );
-    violations.assert_none("same binding", TRIALS);
 }
 
 /// What a replica shows of the key in the protection race.
@@ -636,8 +752,30 @@ enum Seen {
 /// afterwards must not bring a void deletion back.
 #[tokio::test(flavor = "multi_thread")]
 async fn deletion_protection_is_never_bypassed_by_a_concurrent_delete() {
-    let cluster = Cluster::start(&[]).await;
-    let key = cluster.admins[0].clone().create_key("races", P256).await;
+    let cluster = Arc::new(Cluster::start(&[]).await);
+    let started = Instant::now();
+    let tally = in_lanes(&cluster, protection_lane).await;
+    let n = |k: &str| tally.counts.get(k).copied().unwrap_or(0);
+    println!(
+        "protection against Delete: {TRIALS} trials in {LANES} lanes in {:?}: protection and a \
+         Delete both acknowledged (concurrent) {}, protection first {}, a Delete first {}; all \
+         replicas agreed after: {}",
+        started.elapsed(),
+        n("both acknowledged"),
+        n("protection first"),
+        n("a Delete first"),
+        tally.times.summary()
+    );
+    tally
+        .violations
+        .assert_none("protection against Delete", TRIALS);
+}
+
+async fn protection_lane(cluster: Arc<Cluster>, lane: usize, trials: Range<usize>, shared: Shared) {
+    let key = cluster.admins[lane % 3]
+        .clone()
+        .create_key("races", P256)
+        .await;
     let id = key.id.clone();
     let observe = |c: Clients| {
         let id = id.clone();
@@ -652,11 +790,9 @@ async fn deletion_protection_is_never_bypassed_by_a_concurrent_delete() {
         }
     };
 
-    let mut violations = Violations::default();
-    let mut times = Times::default();
-    let (mut both_ok, mut protected_first, mut deleted_first) = (0, 0, 0);
-    let started = Instant::now();
-    for i in 0..TRIALS {
+    for i in trials {
+        let mut found = Violations::default();
+        let mut converged = None;
         let (a, b, c) = cluster.parts(i);
         let delete = |mut c: Clients, id: String| async move { c.delete(&id).await.map(drop) };
         let (ra, rb, rc) = together(
@@ -679,16 +815,19 @@ async fn deletion_protection_is_never_bypassed_by_a_concurrent_delete() {
             panic!("trial {i}: unexpected answers: protect {ra:?}, delete {rb:?}, delete {rc:?}");
         }
         let want = if ca == Code::Ok {
-            if deletes_ok > 0 {
-                both_ok += 1;
-            } else {
-                protected_first += 1;
-            }
+            count(
+                &shared,
+                if deletes_ok > 0 {
+                    "both acknowledged"
+                } else {
+                    "protection first"
+                },
+            );
             Seen::Live { protected: true }
         } else {
-            deleted_first += 1;
+            count(&shared, "a Delete first");
             if deletes_ok == 0 {
-                violations.add(
+                found.add(
                     "nothing was acknowledged",
                     format!("trial {i}: {ca:?} {cb:?} {cc:?}"),
                 );
@@ -697,9 +836,9 @@ async fn deletion_protection_is_never_bypassed_by_a_concurrent_delete() {
         };
         match cluster.agree(&observe).await {
             Ok((got, took)) => {
-                times.push(took);
+                converged = Some(took);
                 if got != want {
-                    violations.add(
+                    found.add(
                         "deletion protection bypassed or an acknowledged change lost",
                         format!(
                             "trial {i}: answers {ca:?} {cb:?} {cc:?}; want {want:?}, got {got:?}"
@@ -707,13 +846,13 @@ async fn deletion_protection_is_never_bypassed_by_a_concurrent_delete() {
                     );
                 }
             }
-            Err(seen) => violations.add("no convergence", format!("trial {i}: {seen:?}")),
+            Err(seen) => found.add("no convergence", format!("trial {i}: {seen:?}")),
         }
         if want == (Seen::Live { protected: true }) {
             for d in &cluster.daemons {
                 let mut c = Clients::connect(d).await;
                 if let Err(s) = c.sign_verified(&key).await {
-                    violations.add("a protected key does not sign", format!("trial {i}: {s}"));
+                    found.add("a protected key does not sign", format!("trial {i}: {s}"));
                 }
             }
         }
@@ -734,31 +873,28 @@ async fn deletion_protection_is_never_bypassed_by_a_concurrent_delete() {
             }
         }
         let reset = Seen::Live { protected: false };
-        match cluster.agree(&observe).await {
-            Ok((got, _)) if got == reset => {}
+        let revived = match cluster.agree(&observe).await {
+            Ok((got, _)) if got == reset => false,
             Ok((got, _)) => {
-                violations.add(
+                found.add(
                     "a void deletion came back",
                     format!("trial {i}: after the reset {got:?}"),
                 );
-                if got == Seen::Deleted {
-                    next.undelete(&id).await.unwrap();
-                }
-                cluster
-                    .settle(&format!("repair after trial {i}"), &reset, &observe)
-                    .await;
+                got == Seen::Deleted
             }
             Err(seen) => panic!("trial {i}: no convergence after the reset: {seen:?}"),
+        };
+        let repair = !found.is_empty();
+        report(&shared, found, converged);
+        if repair {
+            if revived {
+                next.undelete(&id).await.unwrap();
+            }
+            cluster
+                .settle(&format!("repair after trial {i}"), &reset, &observe)
+                .await;
         }
     }
-    println!(
-        "protection against Delete: {TRIALS} trials in {:?}: protection and a Delete both \
-         acknowledged (concurrent) {both_ok}, protection first {protected_first}, a Delete \
-         first {deleted_first}; all replicas agreed after: {}",
-        started.elapsed(),
-        times.summary()
-    );
-    violations.assert_none("protection against Delete", TRIALS);
 }
 
 /// The fields of the label race, as one replica shows them.
@@ -772,8 +908,29 @@ type LabelView = Result<(BTreeMap<String, String>, String, String, i32), Code>;
 /// values, the same on every replica. The name, description and status always survive.
 #[tokio::test(flavor = "multi_thread")]
 async fn concurrent_label_updates_keep_every_acknowledged_label() {
-    let cluster = Cluster::start(&[]).await;
-    let key = cluster.admins[0].clone().create_key("races", P256).await;
+    let cluster = Arc::new(Cluster::start(&[]).await);
+    let started = Instant::now();
+    let tally = in_lanes(&cluster, labels_lane).await;
+    let n = |k: &str| tally.counts.get(k).copied().unwrap_or(0);
+    println!(
+        "labels: {TRIALS} trials in {LANES} lanes in {:?}: concurrent {} (shared went to A's \
+         value {} times, to B's {}), B after A {}, A after B {}; all replicas agreed after: {}",
+        started.elapsed(),
+        n("concurrent"),
+        n("shared to A"),
+        n("shared to B"),
+        n("B after A"),
+        n("A after B"),
+        tally.times.summary()
+    );
+    tally.violations.assert_none("labels", TRIALS);
+}
+
+async fn labels_lane(cluster: Arc<Cluster>, lane: usize, trials: Range<usize>, shared: Shared) {
+    let key = cluster.admins[lane % 3]
+        .clone()
+        .create_key("races", P256)
+        .await;
     let id = key.id.clone();
     let observe = |c: Clients| {
         let id = id.clone();
@@ -795,12 +952,9 @@ async fn concurrent_label_updates_keep_every_acknowledged_label() {
         }
     };
 
-    let mut violations = Violations::default();
-    let mut times = Times::default();
-    let (mut concurrent, mut a_then_b, mut b_then_a) = (0, 0, 0);
-    let mut shared_to = BTreeMap::from([("a", 0), ("b", 0)]);
-    let started = Instant::now();
-    for i in 0..TRIALS {
+    for i in trials {
+        let mut found = Violations::default();
+        let mut converged = None;
         let (base, ..) = cluster.agree(&observe).await.expect("agreed").0.unwrap();
         let (a, b, c) = cluster.parts(i);
         let (va, vb) = (format!("a{i}"), format!("b{i}"));
@@ -867,55 +1021,58 @@ async fn concurrent_label_updates_keep_every_acknowledged_label() {
                 both
             }
         };
-        match (a_saw_b, b_saw_a) {
-            (false, false) => concurrent += 1,
-            (true, _) => b_then_a += 1,
-            (_, true) => a_then_b += 1,
-        }
+        count(
+            &shared,
+            match (a_saw_b, b_saw_a) {
+                (false, false) => "concurrent",
+                (true, _) => "A after B",
+                (_, true) => "B after A",
+            },
+        );
         match cluster.agree(&observe).await {
             Ok((Ok((labels, name, description, got_status)), took)) => {
-                times.push(took);
-                let shared = labels.get("shared").cloned().unwrap_or_default();
+                converged = Some(took);
+                let shared_value = labels.get("shared").cloned().unwrap_or_default();
                 let shared_ok = if a_saw_b || b_saw_a {
                     true
                 } else {
-                    shared == va || shared == vb
+                    shared_value == va || shared_value == vb
                 };
-                if !shared_ok || labels != allowed(&shared) {
-                    violations.add(
+                if !shared_ok || labels != allowed(&shared_value) {
+                    found.add(
                         "an acknowledged label change was lost",
                         format!(
                             "trial {i}: got {labels:?}; A saw B {a_saw_b}, B saw A {b_saw_a}; \
                              want {:?} (shared {va} or {vb})",
-                            allowed(&shared)
+                            allowed(&shared_value)
                         ),
                     );
                 } else if !(a_saw_b || b_saw_a) {
-                    *shared_to
-                        .entry(if shared == va { "a" } else { "b" })
-                        .or_default() += 1;
+                    count(
+                        &shared,
+                        if shared_value == va {
+                            "shared to A"
+                        } else {
+                            "shared to B"
+                        },
+                    );
                 }
                 if (name.as_str(), description.as_str(), got_status)
                     != (va.as_str(), vb.as_str(), status as i32)
                 {
-                    violations.add(
+                    found.add(
                         "an unrelated change was lost",
-                        format!("trial {i}: name {name}, description {description}, status {got_status}"),
+                        format!(
+                            "trial {i}: name {name}, description {description}, status \
+                             {got_status}, want status {}",
+                            status as i32
+                        ),
                     );
                 }
             }
             Ok((Err(code), _)) => panic!("trial {i}: Get answers {code:?}"),
-            Err(seen) => violations.add("no convergence", format!("trial {i}: {seen:?}")),
+            Err(seen) => found.add("no convergence", format!("trial {i}: {seen:?}")),
         }
+        report(&shared, found, converged);
     }
-    println!(
-        "labels: {TRIALS} trials in {:?}: concurrent {concurrent} (shared went to A's value \
-         {} times, to B's {}), B after A {a_then_b}, A after B {b_then_a}; all replicas agreed \
-         after: {}",
-        started.elapsed(),
-        shared_to["a"],
-        shared_to["b"],
-        times.summary()
-    );
-    violations.assert_none("labels", TRIALS);
 }

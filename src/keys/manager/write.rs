@@ -160,10 +160,20 @@ impl KeyManager {
     ) -> Result<(Arc<KeyEntry>, Option<Operation>), Error> {
         let started = SystemTime::now();
         let _guard = self.mutation.lock().await;
-        let Some((doc, objects)) = self.read_doc_of_live_key(key_id).await? else {
+        let Some((mut doc, objects)) = self.read_doc_of_live_key(key_id).await? else {
             self.forget(key_id);
             return Err(not_found(key_id));
         };
+        // A token read can miss objects another process wrote (SoftHSM's stale object list and
+        // torn reads, see `Hsm::touch_token`). Had the change been made on such a read alone,
+        // its writes would not supersede what this replica had already read and served, and a
+        // conflict rule could then undo an acknowledged change (issue 11: an ACTIVE set after
+        // an INACTIVE this replica was showing came out as a "concurrent" INACTIVE). What the
+        // registry holds was on the token and a key's state only grows by merging, so the change
+        // is made on top of both; the objects replaced are still only those read.
+        if let Some(known) = self.registry.get_any(key_id).and_then(|e| e.doc.clone()) {
+            doc.merge(&known);
+        }
         if !doc.writable() {
             return Err(Error::precondition(
                 Precondition::State,
