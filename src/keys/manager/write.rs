@@ -309,40 +309,60 @@ impl KeyManager {
             .await?)
     }
 
-    /// After this replica's writes, touches the token a few times (SoftHSM-like tokens only).
+    /// After this replica's writes, touches the token a few times (SoftHSM-like tokens only):
+    /// [`FIRST_TOUCH`] after each burst of writes, then [`LATER_TOUCHES`] after the last write.
+    /// A write during the later waits starts a new burst, so that it gets its first touch just
+    /// as soon: under steady writes (several keys changing at once), waiting for a pause first
+    /// left a write untouched for up to 5 s, and a replica that had read it torn missed it for
+    /// that long, or for good once the window of [`STORE_AGAIN_FOR`] had passed
+    /// (`tests/replica_races.rs`, lanes of concurrent trials).
     pub(super) async fn touch_loop(&self, stop: CancellationToken) {
+        // Jitter: replicas that stopped writing together must not touch together, or each
+        // touch can hide the other's (the very problem touches solve).
+        let jitter = || Duration::from_millis(rand::random_range(0..400));
         loop {
             tokio::select! {
                 () = self.wrote.notified() => {}
                 () = stop.cancelled() => return,
             }
-            // Jitter: replicas that stopped writing together must not touch together, or each
-            // touch can hide the other's (the very problem touches solve).
-            let jitter = || Duration::from_millis(rand::random_range(0..400));
-            let first = Instant::now() + FIRST_TOUCH + jitter();
-            for at in std::iter::once(None).chain(LATER_TOUCHES.into_iter().map(Some)) {
-                // Later touches follow the last write, so the final one comes after a burst.
-                let when = match at {
-                    None => first,
-                    Some(after) => {
-                        let last = *self.last_write.lock().unwrap_or_else(|p| p.into_inner());
-                        last.map_or(first, |l| l + after + jitter())
-                    }
-                };
+            'burst: loop {
+                let first = Instant::now() + FIRST_TOUCH + jitter();
                 tokio::select! {
-                    () = tokio::time::sleep_until(when) => {}
+                    () = tokio::time::sleep_until(first) => {}
                     () = stop.cancelled() => return,
                 }
-                if !self.hsm.replaces_data_objects() {
-                    break;
+                if !self.touch().await {
+                    break 'burst;
                 }
-                let epoch = self.hsm.stats().epoch;
-                match self.hsm.touch_token(self.recently_written()).await {
-                    Ok(Some(change)) => self.announced(epoch, change),
-                    Ok(None) => {}
-                    Err(e) => tracing::debug!(error = %e, "token touch failed"),
+                for after in LATER_TOUCHES {
+                    // Later touches follow the last write, so the final one comes after a burst.
+                    let last = *self.last_write.lock().unwrap_or_else(|p| p.into_inner());
+                    let when = last.map_or(first, |l| l + after + jitter());
+                    tokio::select! {
+                        () = tokio::time::sleep_until(when) => {}
+                        () = self.wrote.notified() => continue 'burst,
+                        () = stop.cancelled() => return,
+                    }
+                    if !self.touch().await {
+                        break 'burst;
+                    }
                 }
+                break 'burst;
             }
         }
+    }
+
+    /// One touch; false on tokens that need none.
+    async fn touch(&self) -> bool {
+        if !self.hsm.replaces_data_objects() {
+            return false;
+        }
+        let epoch = self.hsm.stats().epoch;
+        match self.hsm.touch_token(self.recently_written()).await {
+            Ok(Some(change)) => self.announced(epoch, change),
+            Ok(None) => {}
+            Err(e) => tracing::debug!(error = %e, "token touch failed"),
+        }
+        true
     }
 }
