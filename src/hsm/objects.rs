@@ -108,12 +108,26 @@ fn vanished(e: &CkError) -> bool {
     )
 }
 
-/// Reads `CKA_LABEL` and `CKA_VALUE`; `None` when the object vanished meanwhile.
+/// An object another process is storing at this moment, read half-written: SoftHSMv2 (2.6)
+/// answers CKR_ATTRIBUTE_VALUE_INVALID for it (see [`Hsm::touch_token`]). Its writer stores it
+/// again, or a later change replaces it; until then it is left out of what was read, as if not
+/// yet written (a write then leaves it in place, and a scan merges it later). Failing the call
+/// instead failed a client's change for another replica's write (issue 11, replica races).
+fn torn(e: &CkError) -> bool {
+    matches!(e, CkError::Pkcs11(RvError::AttributeValueInvalid, _))
+}
+
+/// Reads `CKA_LABEL` and `CKA_VALUE`; `None` when the object vanished meanwhile, or cannot be
+/// read right now (see [`torn`]).
 fn read_object(session: &Session, handle: ObjectHandle) -> Result<Option<DataObject>, HsmError> {
     let attrs = match session.get_attributes(handle, &[AttributeType::Label, AttributeType::Value])
     {
         Ok(a) => a,
         Err(e) if vanished(&e) => return Ok(None),
+        Err(e) if torn(&e) => {
+            tracing::debug!(error = %e, "an object being stored by another process; left out of this read");
+            return Ok(None);
+        }
         Err(e) => return Err(HsmError::call("C_GetAttributeValue", e)),
     };
     let mut object = DataObject {
