@@ -39,6 +39,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Debug;
 use std::future::Future;
 use std::ops::Range;
+use std::rc::Rc;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::Barrier;
@@ -408,14 +409,14 @@ fn count(shared: &Shared, outcome: &'static str) {
 async fn in_lanes<S, F, Fut>(subjects: S, run: F) -> Tally
 where
     S: Fn(usize) -> Vec<String>,
-    F: Fn(Arc<Cluster>, usize, Range<usize>, Shared) -> Fut,
+    F: Fn(Rc<Cluster>, usize, Range<usize>, Shared) -> Fut,
     Fut: Future<Output = ()> + 'static,
 {
     let shared: Shared = Arc::default();
     let per_lane = TRIALS / LANES;
     let mut clusters = Vec::new();
     for lane in 0..LANES {
-        clusters.push(Arc::new(Cluster::start(&subjects(lane)).await));
+        clusters.push(Rc::new(Cluster::start(&subjects(lane)).await));
     }
     let local = tokio::task::LocalSet::new();
     local
@@ -425,7 +426,7 @@ where
                 .enumerate()
                 .map(|(lane, cluster)| {
                     tokio::task::spawn_local(run(
-                        Arc::clone(cluster),
+                        Rc::clone(cluster),
                         lane,
                         lane * per_lane..(lane + 1) * per_lane,
                         Arc::clone(&shared),
@@ -463,7 +464,7 @@ async fn a_revocation_and_a_grant_of_different_bindings_both_take_effect() {
 }
 
 async fn different_bindings_lane(
-    cluster: Arc<Cluster>,
+    cluster: Rc<Cluster>,
     lane: usize,
     trials: Range<usize>,
     shared: Shared,
@@ -596,7 +597,7 @@ async fn a_revocation_is_never_undone_by_a_concurrent_grant_of_the_same_binding(
 }
 
 async fn same_binding_lane(
-    cluster: Arc<Cluster>,
+    cluster: Rc<Cluster>,
     lane: usize,
     trials: Range<usize>,
     shared: Shared,
@@ -778,7 +779,7 @@ async fn deletion_protection_is_never_bypassed_by_a_concurrent_delete() {
         .assert_none("protection against Delete", TRIALS);
 }
 
-async fn protection_lane(cluster: Arc<Cluster>, lane: usize, trials: Range<usize>, shared: Shared) {
+async fn protection_lane(cluster: Rc<Cluster>, lane: usize, trials: Range<usize>, shared: Shared) {
     let key = cluster.admins[lane % 3]
         .clone()
         .create_key("races", P256)
@@ -932,7 +933,7 @@ async fn concurrent_label_updates_keep_every_acknowledged_label() {
     tally.violations.assert_none("labels", TRIALS);
 }
 
-async fn labels_lane(cluster: Arc<Cluster>, lane: usize, trials: Range<usize>, shared: Shared) {
+async fn labels_lane(cluster: Rc<Cluster>, lane: usize, trials: Range<usize>, shared: Shared) {
     let key = cluster.admins[lane % 3]
         .clone()
         .create_key("races", P256)
