@@ -3,32 +3,56 @@
 //!
 //! # Unknown keys, re-scans and the existence oracle
 //! A caller without a role on a key gets PERMISSION_DENIED with the same message whether the key
-//! exists or not, so keys cannot be enumerated. The rule, in [`Policy::authorize_key`]:
+//! exists or not, so keys cannot be enumerated. Nor may the *time* of the answer tell: a key
+//! created a moment ago on another replica may be missing here, and looking for it means
+//! waiting for a re-scan of the token, so a missing key and a forbidden one must wait alike.
+//! The rule, in [`Policy::authorize_key`]:
 //!
 //! 1. The key is looked up in this replica's registry (memory; deleted keys included, since
 //!    their folder and bindings are still known).
-//! 2. Found: the caller's roles on it (global and folder bindings from the config, plus the
-//!    key's own bindings) decide. No role → PERMISSION_DENIED.
-//! 3. Not found: a key created a moment ago on another replica may be missing here, so the
-//!    lookup may re-scan the token once. Only a caller that holds a *config* binding (global,
-//!    or on any folder) granting the action may cause that scan; a caller whose roles could not
-//!    apply to a key it does not know (no binding at all, or only per-key bindings on other
-//!    keys) never causes token I/O. Such a caller sees a key created on another replica once
-//!    the refresher has read it (`managed_keys.refresh_interval_ms`).
-//! 4. Still not found: NOT_FOUND only for a caller whose roles allow the action globally
-//!    (it could see the key wherever it were); anyone else gets the PERMISSION_DENIED answer.
+//! 2. Found, and the caller's roles on it (global and folder bindings from the config, plus the
+//!    key's own bindings) allow the action: go on.
+//! 3. Missing, or found but not allowed: a caller that holds a *config* binding (global, or on
+//!    any folder) granting the action waits for one re-scan and looks again. The key may have
+//!    been created, or a binding granted, a moment ago on another replica. Both cases take this
+//!    same route, so their answers take the same time. A caller whose roles could not apply to
+//!    a key it does not know (no binding at all, or only per-key bindings on other keys) never
+//!    causes token I/O: it is answered from memory in both cases, and sees a key created on
+//!    another replica once the refresher has read it (`managed_keys.refresh_interval_ms`).
+//! 4. Still missing: NOT_FOUND only for a caller whose roles allow the action globally (it
+//!    could see the key wherever it were); anyone else gets the PERMISSION_DENIED answer.
 //!
-//! Timing: for callers without a role anywhere a missing key and a forbidden key both cost one
-//! in-memory lookup. A caller with a binding on some folder may notice that a miss waits for a
-//! re-scan (up to a few hundred ms) while a key in another folder is refused at once; that
-//! leaks existence only to callers that already hold a KMS role on this gateway.
+//! Re-scans are single-flight: every lookup that waits shares the next scan, and the refresher
+//! starts forced scans at most every 250 ms, each costing one small read unless the token
+//! changed (see `keys/refresh.rs`). On top of that each caller may wait for only so many
+//! ([`SCAN_BURST`], then one per [`SCAN_REFILL`]); past that budget its lookups are answered
+//! from memory, missing and forbidden keys alike, so that a caller probing key ids neither
+//! holds requests open nor gets a faster answer for one kind of key than for the other.
+//!
+//! The price of equal timing: for a caller with a role on some folder, a denial waits as long
+//! as a re-scan (up to a few hundred ms) instead of answering at once. Denials are errors,
+//! which working clients rarely see, and knowing which key ids exist in other tenants' folders
+//! is worth more to an attacker than the wait costs anyone else. Answering misses at once and
+//! re-scanning in the background instead would refuse a key created a moment ago on another
+//! replica, which clients (and the README's "usable through another replica at once") rely
+//! on. Callers without any role see no difference at all.
 
 use super::{Caller, RequestContext};
 use crate::config::{AuthConfig, ALL_AUTHENTICATED_USERS, ANY_FOLDER};
 use crate::error::Error;
 use crate::keys::{KeyEntry, KeyRegistry};
+use governor::{DefaultKeyedRateLimiter, Quota};
+use std::num::NonZeroU32;
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::time::Instant;
+
+/// Forced re-scans one caller may start at once.
+pub const SCAN_BURST: u32 = 20;
+/// Then one more per this interval.
+pub const SCAN_REFILL: Duration = Duration::from_millis(200);
+/// Callers whose budget is kept before idle ones are forgotten.
+const TRACKED_CALLERS: usize = 4096;
 
 /// The KMS roles.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -169,6 +193,32 @@ struct ConfigBinding {
 #[derive(Debug, Default)]
 pub struct Policy {
     bindings: Vec<ConfigBinding>,
+    scans: ScanBudget,
+}
+
+/// How many re-scans each caller may force (see the module docs).
+#[derive(Debug)]
+struct ScanBudget(DefaultKeyedRateLimiter<String>);
+
+impl Default for ScanBudget {
+    fn default() -> Self {
+        let quota = Quota::with_period(SCAN_REFILL)
+            .expect("a positive period")
+            .allow_burst(NonZeroU32::new(SCAN_BURST).expect("a positive burst"));
+        Self(governor::RateLimiter::keyed(quota))
+    }
+}
+
+impl ScanBudget {
+    /// Whether `caller` may force one more re-scan now (and counts it).
+    fn take(&self, caller: &Caller) -> bool {
+        if self.0.len() > TRACKED_CALLERS {
+            self.0.retain_recent();
+        }
+        self.0
+            .check_key(&format!("{}:{}", caller.subject_type, caller.subject_id))
+            .is_ok()
+    }
 }
 
 /// The one PERMISSION_DENIED answer for a key: the same, word for word, whether or not the key
@@ -233,7 +283,10 @@ impl Policy {
                 folder: (b.folder_id != ANY_FOLDER).then(|| b.folder_id.clone()),
             });
         }
-        Ok(Self { bindings })
+        Ok(Self {
+            bindings,
+            scans: ScanBudget::default(),
+        })
     }
 
     fn config_grants<'a>(
@@ -279,6 +332,20 @@ impl Policy {
         })
     }
 
+    /// Waits for one re-scan of the token on behalf of `caller` (a lookup that missed or was
+    /// refused), until `deadline` at most, while the caller's budget of forced re-scans lasts;
+    /// past it, returns at once. Callers decide who may cause re-scans (see the module docs).
+    pub async fn rescan_for(
+        &self,
+        registry: &KeyRegistry,
+        caller: &Caller,
+        deadline: Option<Instant>,
+    ) {
+        if self.scans.take(caller) {
+            registry.rescan_once(deadline).await;
+        }
+    }
+
     /// The key `key_id` if the context's caller may do `action` on it; see the module docs for
     /// unknown keys, re-scans and which answer a caller gets.
     ///
@@ -296,8 +363,12 @@ impl Policy {
         let caller = ctx.caller()?;
         let mut scanned = false;
         let mut entry = registry.get_any(key_id);
-        if entry.is_none() && self.allowed_somewhere(caller, action) {
-            registry.rescan_once(deadline).await;
+        // Missing and forbidden take one route (see the module docs): both wait for a re-scan.
+        let allowed = entry
+            .as_deref()
+            .is_some_and(|e| self.allowed_on_key(caller, action, e));
+        if !allowed && self.allowed_somewhere(caller, action) {
+            self.rescan_for(registry, caller, deadline).await;
             scanned = true;
             entry = registry.get_any(key_id);
         }
@@ -320,7 +391,7 @@ impl Policy {
             // it. The caller has a role on this key, so it may cause a scan and learn the
             // answer.
             if !scanned {
-                registry.rescan_once(deadline).await;
+                self.rescan_for(registry, caller, deadline).await;
                 match registry.get_any(key_id) {
                     Some(fresh) if self.allowed_on_key(caller, action, &fresh) => entry = fresh,
                     Some(_) => return Err(denied(action)),
@@ -417,6 +488,19 @@ mod tests {
             assert_eq!(Role::parse(r.id()), Some(r));
         }
         assert_eq!(Role::parse("admin"), None);
+    }
+
+    #[test]
+    fn each_caller_forces_only_so_many_rescans() {
+        let budget = ScanBudget::default();
+        let (a, b) = (caller("a"), caller("b"));
+        let allowed = (0..SCAN_BURST * 3).filter(|_| budget.take(&a)).count();
+        // A refill may land while the loop runs; the burst is the bound that matters.
+        assert!(
+            (SCAN_BURST as usize..=SCAN_BURST as usize + 1).contains(&allowed),
+            "{allowed}"
+        );
+        assert!(budget.take(&b), "another caller's budget is its own");
     }
 
     #[test]

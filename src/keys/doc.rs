@@ -29,7 +29,10 @@
 //! changes to different labels or bindings both survive. A deletion records the deletion
 //! protection its writer saw; a deletion that did not see deletion protection being turned on
 //! is void (the key stays), and the next writer records that with a compensating write, so that
-//! turning protection off later does not bring the void deletion back.
+//! turning protection off later does not bring the void deletion back. The stamp of the latest
+//! "protection on" write is also kept on its own (`protected_at`, merged by maximum), so a
+//! deletion stays void even when the writer turning protection off had not seen it and so
+//! wrote no compensation.
 //!
 //! Immutable facts (algorithm, folder, creation) are the *genesis*, written once at creation.
 //! Versions are a grow-only map: each version is its own key pair, `Pending` while generated,
@@ -196,6 +199,12 @@ pub struct KeyDoc {
     /// Scheduled deletion, or `None` (not deleted / restored).
     #[serde(default, skip_serializing_if = "Register::is_empty")]
     pub deletion: Register<Option<Deletion>>,
+    /// The stamp of the latest write that turned deletion protection on (merged by maximum).
+    /// A deletion whose writer had not seen it is void for good: the protection register alone
+    /// cannot tell, since a later write turning protection off supersedes the "on" entry, and
+    /// a writer that had not seen the void deletion then brought it back.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub protected_at: Option<Stamp>,
     /// Access bindings by `role|subject type|subject id`: `Some(i)` bound (`i` orders the
     /// bindings of one write), `None` removed.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
@@ -294,6 +303,9 @@ impl KeyDoc {
         merge_map(&mut self.labels, &other.labels);
         self.status.merge(&other.status);
         self.protection.merge(&other.protection);
+        if other.protected_at > self.protected_at {
+            self.protected_at.clone_from(&other.protected_at);
+        }
         self.deletion.merge(&other.deletion);
         merge_map(&mut self.bindings, &other.bindings);
         for (id, v) in &other.versions {
@@ -357,7 +369,7 @@ impl KeyDoc {
         for v in self.versions.values() {
             clock = clock.max(v.created.clock());
         }
-        clock
+        clock.max(self.protected_at.as_ref().map_or(0, Stamp::clock))
     }
 
     /// Whether this build may write the document.
@@ -368,10 +380,14 @@ impl KeyDoc {
     /// Whether a deletion write is void: deletion protection was turned on by a write its
     /// deleter had not seen.
     fn void(&self, d: &Deletion) -> bool {
-        self.protection
-            .entries()
-            .iter()
-            .any(|e| e.value && d.seen_protection.as_ref().is_none_or(|s| e.stamp > *s))
+        let unseen = |stamp: &Stamp| d.seen_protection.as_ref().is_none_or(|s| stamp > s);
+        // Documents written before `protected_at` existed only have the register.
+        self.protected_at.as_ref().is_some_and(unseen)
+            || self
+                .protection
+                .entries()
+                .iter()
+                .any(|e| e.value && unseen(&e.stamp))
     }
 
     /// The deletion in effect, if any (see the module docs).
@@ -548,6 +564,10 @@ impl Writer {
     pub fn protection(&mut self, v: bool) {
         let w = self.current.protection.write(v, self.stamp.clone());
         self.change.protection.merge(&w);
+        if v {
+            self.current.protected_at = Some(self.stamp.clone());
+            self.change.protected_at = Some(self.stamp.clone());
+        }
     }
 
     /// Schedules the deletion (`Some`) or cancels it (`None`).
@@ -736,6 +756,28 @@ mod tests {
         assert!(!s.deletion_protection);
         assert!(s.deletion.is_none(), "the void deletion came back");
         assert!(!after.needs_compensation());
+    }
+
+    #[test]
+    fn a_void_deletion_stays_void_when_a_writer_that_never_saw_it_turns_protection_off() {
+        let base = created();
+        let mut wa = Writer::new(base.clone(), "ra");
+        wa.protection(true);
+        let mut wb = Writer::new(base.clone(), "rb");
+        wb.deletion(Some((t(10), t(20))));
+        // C read A's protection but not B's deletion (another object it did not see), and
+        // turns protection off: its write supersedes the "on" entry.
+        let seen_by_c = KeyDoc::merged([&base, &wa.change]).unwrap();
+        let mut wc = Writer::new(seen_by_c, "rc");
+        wc.protection(false);
+        for order in [
+            [&base, &wa.change, &wb.change, &wc.change],
+            [&wc.change, &wb.change, &base, &wa.change],
+        ] {
+            let s = KeyDoc::merged(order).unwrap().state().unwrap();
+            assert!(!s.deletion_protection);
+            assert!(s.deletion.is_none(), "the void deletion came back");
+        }
     }
 
     #[test]

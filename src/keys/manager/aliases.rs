@@ -58,11 +58,11 @@ impl KeyManager {
         }
         AliasDoc::write(&mut doc, key_id.clone(), &self.replica);
         let epoch = self.hsm.stats().epoch;
-        let (_, announced) = self
+        let (written, announced) = self
             .hsm
             .replace_data_objects(&alias_label(name), objects, doc.to_json())
             .await?;
-        self.note_write();
+        self.note_written(written);
         match announced {
             Ok(change) => self.announced(epoch, change),
             Err(e) => self.announce_failed(&e),
@@ -187,11 +187,12 @@ impl KeyManager {
         if let Some(a) = self.registry.alias(name) {
             return Ok(a);
         }
-        if ctx
+        if let Some(c) = ctx
             .caller()
-            .is_ok_and(|c| self.policy.allowed_somewhere(c, Action::Update))
+            .ok()
+            .filter(|c| self.policy.allowed_somewhere(c, Action::Update))
         {
-            self.registry.rescan_once(deadline).await;
+            self.policy.rescan_for(&self.registry, c, deadline).await;
         }
         self.registry
             .alias(name)

@@ -25,8 +25,13 @@
 //! Every `managed_keys.refresh_interval_ms`, and at once when a lookup misses, the refresher
 //! reads the state nonce. Only when it (or the HSM epoch) changed does it read every p11kms
 //! object and reconcile: new keys and versions are resolved on the token and pinned, changed
-//! documents replace their entries, vanished keys are dropped. A scan never undoes an entry this
-//! replica wrote after the scan began.
+//! documents are joined with their entries, vanished keys are dropped. A scan never undoes an
+//! entry this replica wrote after the scan began, and never takes a key back to an older state:
+//! a read can miss objects another process is writing (see [`crate::hsm::Hsm::touch_token`]),
+//! so what it returns is merged with what the registry held, never put in its place.
+//!
+//! After its writes, a replica touches the token a few times (SoftHSM-like tokens only) and
+//! stores the documents it wrote again, so that other replicas see them (`write.rs`).
 //!
 //! Config-declared keys get their creation time from the token as well: when p11kms first
 //! served them (`adopt.rs`).
@@ -160,6 +165,8 @@ pub struct KeyManager {
     known_ids: Mutex<std::collections::HashSet<String>>,
     /// When this replica last created or changed an object on the token.
     last_write: Mutex<Option<Instant>>,
+    /// Document objects this replica wrote lately, with when (see `note_written`).
+    written: Mutex<Vec<(Instant, crate::hsm::StoredVersion)>>,
     wrote: tokio::sync::Notify,
 }
 
@@ -233,6 +240,7 @@ impl KeyManager {
             unresolvable: Mutex::new(HashMap::new()),
             known_ids: Mutex::new(std::collections::HashSet::new()),
             last_write: Mutex::new(None),
+            written: Mutex::new(Vec::new()),
             wrote: tokio::sync::Notify::new(),
         })
     }
@@ -317,11 +325,12 @@ impl KeyManager {
         }
         // Created a moment ago on another replica? Only callers with a role somewhere may cause
         // the token to be read, as for keys.
-        if ctx
+        if let Some(c) = ctx
             .caller()
-            .is_ok_and(|c| self.policy.allowed_somewhere(c, Action::Get))
+            .ok()
+            .filter(|c| self.policy.allowed_somewhere(c, Action::Get))
         {
-            self.registry.rescan_once(deadline).await;
+            self.policy.rescan_for(&self.registry, c, deadline).await;
             if let Some(a) = self.registry.alias(key_ref) {
                 return Ok(a.key_id);
             }
@@ -424,7 +433,9 @@ impl KeyManager {
         ctx.note(|a| a.operation_id = Some(crate::auth::audit::bounded(op_id)));
         let mut found = self.registry.operation_entry(op_id);
         if found.is_none() && self.policy.allowed_somewhere(caller, action) {
-            self.registry.rescan_once(deadline).await;
+            self.policy
+                .rescan_for(&self.registry, caller, deadline)
+                .await;
             found = self.registry.operation_entry(op_id);
         }
         match found {

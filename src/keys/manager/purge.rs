@@ -3,9 +3,12 @@
 //! not from the registry, so a key that cannot be served (its key material half destroyed by an
 //! interrupted purge) is finished by whichever replica sees it next.
 //!
-//! Order matters for an interrupted purge: key pairs first, then the key's documents. Every
-//! document holds the whole merged state (see `write.rs`), so as long as one is left, the next
-//! purge knows the key is due and which key pairs it had.
+//! Order matters for an interrupted purge: key pairs first, then the key's documents, those that
+//! do not say the key is due before those that do. A document holds the merged state its writer
+//! read plus its change (see `write.rs`), but a change that raced the deletion, or a crash
+//! before the deletion replaced an older document, leaves documents without the deletion next to
+//! one with it. As long as one document is left, it says the key is due and which key pairs it
+//! had, so the next purge, on any replica, finishes (`tests/purge_kills.rs`).
 
 use super::write::parse_object;
 use super::{KeyManager, CREATING_TIMEOUT};
@@ -143,6 +146,18 @@ impl KeyManager {
             let ck_id = hex::decode(&v.ck_id).unwrap_or_default();
             self.hsm.destroy_key_pair(&ck_id, &v.label).await?;
         }
+        // Documents that do not say the key is due go first (see the module docs): had the due
+        // ones gone first, a purge stopped in between would leave a live key without its key
+        // material, for good.
+        let retention = self.settings.deletion_retention();
+        self.hsm
+            .destroy_data_objects(&metadata_label(key_id), move |value| {
+                parse_object(value, retention)
+                    .ok()
+                    .and_then(|d| d.state())
+                    .is_some_and(|s| due(&s, now) == Some(Due::Key))
+            })
+            .await?;
         self.hsm
             .destroy_data_objects(&metadata_label(key_id), |_| false)
             .await?;

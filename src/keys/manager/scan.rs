@@ -183,6 +183,11 @@ impl KeyManager {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clone_from(&present);
+        // Keys no longer on the token are not tried again (each try reads the token).
+        self.unresolvable
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|id, _| present.contains(id));
         self.publish(docs, stamp).await?;
 
         let mut scanned = BTreeMap::new();
@@ -223,14 +228,27 @@ impl KeyManager {
     /// Puts keys read from the token into the registry, resolving their new versions.
     async fn publish(&self, docs: Vec<KeyDoc>, stamp: u64) -> Result<(), Error> {
         let mut todo: Vec<(KeyDoc, BTreeMap<String, crate::crypto::PublicKey>)> = Vec::new();
-        for doc in docs {
+        for scanned in docs {
+            let existing = self.registry.get_any(&scanned.key_id);
+            // A read can miss objects another process wrote a moment ago (SoftHSM's stale object
+            // list, see `Hsm::touch_token`) while the objects this replica knew were already
+            // folded into them and destroyed: it returns an older state. What the registry holds
+            // was on the token, and a key's state only grows by merging, so it never goes back.
+            let doc = match existing.as_deref().and_then(|e| e.doc.as_deref()) {
+                Some(known) => {
+                    let mut joined = known.clone();
+                    joined.merge(&scanned);
+                    joined
+                }
+                None => scanned,
+            };
             let Some(state) = doc.state() else {
                 continue; // changes without their create: the purge decides
             };
             if state.status == Status::Creating {
                 continue; // published by no replica until generated
             }
-            match self.registry.get_any(&doc.key_id) {
+            match existing {
                 Some(e) if e.source == KeySource::Config => {
                     tracing::warn!(key_id = %doc.key_id, "the token holds API metadata for a key id the config declares; the config wins");
                 }

@@ -24,6 +24,11 @@ const MISSING_DOCUMENT_WAIT: Duration = Duration::from_secs(5);
 /// SoftHSM-like token catch up, also while writes keep coming.
 const FIRST_TOUCH: Duration = Duration::from_millis(300);
 const LATER_TOUCHES: [Duration; 2] = [Duration::from_millis(1500), Duration::from_millis(5000)];
+/// How long after writing a document object the touches store it again: until the last touch
+/// after it (5 s and up to 0.4 s of jitter).
+const STORE_AGAIN_FOR: Duration = Duration::from_millis(6000);
+/// Most document objects remembered for the touches (a bulk create writes many).
+const MAX_RECENT_WRITES: usize = 256;
 
 /// Parses one stored key object: this schema or the schema-1 document of older versions.
 pub(super) fn parse_object(bytes: &[u8], retention: Duration) -> Result<KeyDoc, String> {
@@ -155,10 +160,20 @@ impl KeyManager {
     ) -> Result<(Arc<KeyEntry>, Option<Operation>), Error> {
         let started = SystemTime::now();
         let _guard = self.mutation.lock().await;
-        let Some((doc, objects)) = self.read_doc_of_live_key(key_id).await? else {
+        let Some((mut doc, objects)) = self.read_doc_of_live_key(key_id).await? else {
             self.forget(key_id);
             return Err(not_found(key_id));
         };
+        // A token read can miss objects another process wrote (SoftHSM's stale object list and
+        // torn reads, see `Hsm::touch_token`). Had the change been made on such a read alone,
+        // its writes would not supersede what this replica had already read and served, and a
+        // conflict rule could then undo an acknowledged change (issue 11: an ACTIVE set after
+        // an INACTIVE this replica was showing came out as a "concurrent" INACTIVE). What the
+        // registry holds was on the token and a key's state only grows by merging, so the change
+        // is made on top of both; the objects replaced are still only those read.
+        if let Some(known) = self.registry.get_any(key_id).and_then(|e| e.doc.clone()) {
+            doc.merge(&known);
+        }
         if !doc.writable() {
             return Err(Error::precondition(
                 Precondition::State,
@@ -205,11 +220,11 @@ impl KeyManager {
         resolved: &BTreeMap<String, PublicKey>,
     ) -> Result<Arc<KeyEntry>, Error> {
         let epoch = self.hsm.stats().epoch;
-        let (_, announced) = self
+        let (written, announced) = self
             .hsm
             .replace_data_objects(&metadata_label(&doc.key_id), objects, doc.to_json())
             .await?;
-        self.note_write();
+        self.note_written(written);
         match announced {
             Ok(change) => self.announced(epoch, change),
             Err(e) => self.announce_failed(&e),
@@ -262,6 +277,27 @@ impl KeyManager {
         self.wrote.notify_one();
     }
 
+    /// [`KeyManager::note_write`] for a document object this replica just wrote, which the
+    /// next touches store again (see [`crate::hsm::Hsm::touch_token`]).
+    pub(super) fn note_written(&self, object: StoredVersion) {
+        {
+            let mut recent = self.written.lock().unwrap_or_else(|p| p.into_inner());
+            if recent.len() >= MAX_RECENT_WRITES {
+                recent.remove(0);
+            }
+            recent.push((Instant::now(), object));
+        }
+        self.note_write();
+    }
+
+    /// The document objects written recently enough to be stored again by a touch.
+    fn recently_written(&self) -> Vec<StoredVersion> {
+        let mut recent = self.written.lock().unwrap_or_else(|p| p.into_inner());
+        let now = Instant::now();
+        recent.retain(|(at, _)| now.duration_since(*at) < STORE_AGAIN_FOR);
+        recent.iter().map(|(_, v)| v.clone()).collect()
+    }
+
     /// Whether the first key pair of a key is still on the token. A document that cannot be
     /// found while its key material is there is being rewritten (or is hidden from this process
     /// for a moment, see [`crate::hsm::Hsm::touch_token`]), not gone: keys are dropped only once
@@ -273,37 +309,60 @@ impl KeyManager {
             .await?)
     }
 
-    /// After this replica's writes, touches the token a few times (SoftHSM-like tokens only).
+    /// After this replica's writes, touches the token a few times (SoftHSM-like tokens only):
+    /// [`FIRST_TOUCH`] after each burst of writes, then [`LATER_TOUCHES`] after the last write.
+    /// A write during the later waits starts a new burst, so that it gets its first touch just
+    /// as soon: under steady writes (several keys changing at once), waiting for a pause first
+    /// left a write untouched for up to 5 s, and a replica that had read it torn missed it for
+    /// that long, or for good once the window of [`STORE_AGAIN_FOR`] had passed
+    /// (`tests/replica_races.rs`, lanes of concurrent trials).
     pub(super) async fn touch_loop(&self, stop: CancellationToken) {
+        // Jitter: replicas that stopped writing together must not touch together, or each
+        // touch can hide the other's (the very problem touches solve).
+        let jitter = || Duration::from_millis(rand::random_range(0..400));
         loop {
             tokio::select! {
                 () = self.wrote.notified() => {}
                 () = stop.cancelled() => return,
             }
-            // Jitter: replicas that stopped writing together must not touch together, or each
-            // touch can hide the other's (the very problem touches solve).
-            let jitter = || Duration::from_millis(rand::random_range(0..400));
-            let first = Instant::now() + FIRST_TOUCH + jitter();
-            for at in std::iter::once(None).chain(LATER_TOUCHES.into_iter().map(Some)) {
-                // Later touches follow the last write, so the final one comes after a burst.
-                let when = match at {
-                    None => first,
-                    Some(after) => {
-                        let last = *self.last_write.lock().unwrap_or_else(|p| p.into_inner());
-                        last.map_or(first, |l| l + after + jitter())
-                    }
-                };
+            'burst: loop {
+                let first = Instant::now() + FIRST_TOUCH + jitter();
                 tokio::select! {
-                    () = tokio::time::sleep_until(when) => {}
+                    () = tokio::time::sleep_until(first) => {}
                     () = stop.cancelled() => return,
                 }
-                if !self.hsm.replaces_data_objects() {
-                    break;
+                if !self.touch().await {
+                    break 'burst;
                 }
-                if let Err(e) = self.hsm.touch_token().await {
-                    tracing::debug!(error = %e, "token touch failed");
+                for after in LATER_TOUCHES {
+                    // Later touches follow the last write, so the final one comes after a burst.
+                    let last = *self.last_write.lock().unwrap_or_else(|p| p.into_inner());
+                    let when = last.map_or(first, |l| l + after + jitter());
+                    tokio::select! {
+                        () = tokio::time::sleep_until(when) => {}
+                        () = self.wrote.notified() => continue 'burst,
+                        () = stop.cancelled() => return,
+                    }
+                    if !self.touch().await {
+                        break 'burst;
+                    }
                 }
+                break 'burst;
             }
         }
+    }
+
+    /// One touch; false on tokens that need none.
+    async fn touch(&self) -> bool {
+        if !self.hsm.replaces_data_objects() {
+            return false;
+        }
+        let epoch = self.hsm.stats().epoch;
+        match self.hsm.touch_token(self.recently_written()).await {
+            Ok(Some(change)) => self.announced(epoch, change),
+            Ok(None) => {}
+            Err(e) => tracing::debug!(error = %e, "token touch failed"),
+        }
+        true
     }
 }
