@@ -176,7 +176,9 @@ fn store_again(session: &Session, v: &StoredVersion) -> Result<bool, HsmError> {
     let Some(o) = read_object(session, v.handle)? else {
         return Ok(false);
     };
-    let ours = o.label.starts_with(KEY_LABEL_PREFIX) || o.label.starts_with(ALIAS_LABEL_PREFIX);
+    let ours = [KEY_LABEL_PREFIX, ALIAS_LABEL_PREFIX, ADOPTED_LABEL_PREFIX]
+        .iter()
+        .any(|p| o.label.starts_with(p));
     if !ours || o.value != v.value {
         return Ok(false);
     }

@@ -83,9 +83,13 @@ impl KeyManager {
             };
             let value = serde_json::to_vec(&doc)
                 .map_err(|e| Error::internal("an adoption record could not be serialised", e))?;
-            self.hsm
+            let stored = self
+                .hsm
                 .create_data_object(&adoption_label(&entry.id), value)
                 .await?;
+            // Stored again by the touches, like key documents: a replica that read it while
+            // it was being written would miss it for good otherwise (see `Hsm::touch_token`).
+            self.note_written(stored);
             wrote = true;
             let mut updated = (*entry).clone();
             updated.created_at = Some(now);
