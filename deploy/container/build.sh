@@ -17,8 +17,9 @@
 #
 # Installs buildah, mmdebstrap and runc with apt when missing (root or sudo). RUN steps use
 # buildah's chroot isolation and the host network: this sandbox has cgroups in hybrid mode,
-# which crun (buildah's default OCI runtime) refuses. deploy/container/smoke-test.sh runs the
-# demo image and signs once.
+# which crun (buildah's default OCI runtime) refuses. To run the image here, use podman with
+# runc and ulimits within the sandbox's own (podman's defaults are refused):
+#   podman run --runtime runc --ulimit nofile=16384:16384 --ulimit nproc=4096:4096 ...
 set -euo pipefail
 # shellcheck source=../../scripts/lib.sh
 . "$(dirname "${BASH_SOURCE[0]}")/../../scripts/lib.sh"
