@@ -178,3 +178,38 @@ pty_run() {
     SHELL=/bin/sh script --quiet --return --echo never --command "$cmd" /dev/null
   ) | tr -d '\r'
 }
+
+# python3 with its venv module (python3-venv on Debian/Ubuntu).
+ensure_python_venv() {
+  if ! command -v python3 >/dev/null 2>&1; then
+    apt_install python3 python3-venv
+  fi
+  python3 -c 'import sys; sys.exit(sys.version_info < (3, 9))' ||
+    die "python3 is $(python3 --version 2>&1); the SDK tests and the deployment checks need Python 3.9 or newer"
+  if ! python3 -c 'import venv, ensurepip' >/dev/null 2>&1; then
+    apt_install python3-venv
+    python3 -c 'import venv, ensurepip' >/dev/null 2>&1 ||
+      die "$(command -v python3) ($(python3 --version 2>&1)) cannot create virtual environments: install its venv module (Debian/Ubuntu: python3-venv)"
+  fi
+}
+
+# ensure_interop_venv VENV REQUIREMENTS: a Python venv with REQUIREMENTS installed from PyPI; the venv, rebuilt only when the requirements file or
+# the interpreter changed.
+ensure_interop_venv() {
+  local venv=$1 requirements=$2
+  local stamp="$venv/.p11kms-requirements.sha256" shown=${2#"$P11KMS_ROOT"/}
+  if ! "$venv/bin/python" -c '' >/dev/null 2>&1; then
+    ensure_python_venv
+    say "creating $venv"
+    python3 -m venv --clear "$venv"
+    rm -f "$stamp"
+  fi
+  local want
+  want=$( (cat "$requirements" && "$venv/bin/python" -c 'import sys; print(sys.version)') | sha256sum | cut -d' ' -f1)
+  if [ "$(cat "$stamp" 2>/dev/null || true)" != "$want" ]; then
+    say "installing $shown into $venv (pip, PyPI)"
+    "$venv/bin/python" -m pip install --disable-pip-version-check --no-input -q -r "$requirements" ||
+      die "pip could not install $shown into $venv"
+    printf '%s\n' "$want" >"$stamp"
+  fi
+}
