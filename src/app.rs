@@ -76,8 +76,8 @@ impl StartError {
 pub struct App {
     listener: TcpListener,
     router: axum::Router,
-    /// `server.rest_listen`: the REST API's own listener and router.
-    rest: Option<(TcpListener, axum::Router)>,
+    /// Fronts on listeners of their own (`server.rest_listen`, `alibaba.listen`).
+    own: Vec<OwnListener>,
     /// `server.tls_listen`: everything the main listener serves, over TLS.
     tls_listener: Option<TcpListener>,
     hsm: Hsm,
@@ -92,6 +92,32 @@ pub struct App {
     identity: Arc<Identity>,
     /// `[admin] listen`: metrics, liveness and readiness.
     admin: Option<(TcpListener, Observed)>,
+}
+
+/// A front served on a listener of its own.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum OwnFront {
+    /// `server.rest_listen`.
+    Rest,
+    /// `alibaba.listen`: the OpenAPI and the instance API.
+    Alibaba,
+}
+
+#[derive(Debug)]
+struct OwnListener {
+    front: OwnFront,
+    listener: TcpListener,
+    router: axum::Router,
+}
+
+async fn bind_optional(addr: Option<SocketAddr>) -> Result<Option<TcpListener>, StartError> {
+    match addr {
+        Some(addr) => TcpListener::bind(addr)
+            .await
+            .map(Some)
+            .map_err(|source| StartError::Bind { addr, source }),
+        None => Ok(None),
+    }
 }
 
 /// "Re-read your files": SIGHUP in the binary. Long-lived parts that read files (the TLS
@@ -227,14 +253,8 @@ impl App {
             ),
             None => None,
         };
-        let rest_listener = match config.server.rest_listen {
-            Some(addr) => Some(
-                TcpListener::bind(addr)
-                    .await
-                    .map_err(|source| StartError::Bind { addr, source })?,
-            ),
-            None => None,
-        };
+        let rest_listener = bind_optional(config.server.rest_listen).await?;
+        let alibaba_listener = bind_optional(config.alibaba.listen).await?;
         let advertised = advertised_address(config, bound);
         let endpoints = EndpointService::new(&advertised);
         let (grpc_router, health) =
@@ -254,8 +274,8 @@ impl App {
             Arc::clone(&identity),
             &config.alibaba,
         );
-        // By protocol on one listener, or REST on a listener of its own. The context layer
-        // goes last, around everything a listener serves.
+        // By protocol on one listener; REST, and the Alibaba APIs, may have listeners of their
+        // own. The context layer goes last, around everything a listener serves.
         let serial = hsm.token().serial;
         let max_header_list_size = config.server.max_header_list_size as usize;
         let mut routes = Routes {
@@ -264,23 +284,37 @@ impl App {
             alibaba_openapi: Some(openapi_router),
             alibaba_instance: Some(instance_router),
         };
-        let rest = match rest_listener {
-            None => None,
-            Some(rest_listener) => {
-                let rest = mux::by_protocol(Routes {
+        let mut own = Vec::new();
+        let own_listeners = [
+            (OwnFront::Rest, rest_listener),
+            (OwnFront::Alibaba, alibaba_listener),
+        ];
+        for (front, listener) in own_listeners {
+            let Some(listener) = listener else { continue };
+            let taken = match front {
+                OwnFront::Rest => Routes {
                     rest: routes.rest.take(),
                     ..Routes::default()
-                });
-                let rest = context::apply(
-                    rest,
-                    Arc::clone(&identity),
-                    serial.clone(),
-                    max_header_list_size,
-                    methods.clone(),
-                );
-                Some((rest_listener, rest))
-            }
-        };
+                },
+                OwnFront::Alibaba => Routes {
+                    alibaba_openapi: routes.alibaba_openapi.take(),
+                    alibaba_instance: routes.alibaba_instance.take(),
+                    ..Routes::default()
+                },
+            };
+            let router = context::apply(
+                mux::by_protocol(taken),
+                Arc::clone(&identity),
+                serial.clone(),
+                max_header_list_size,
+                methods.clone(),
+            );
+            own.push(OwnListener {
+                front,
+                listener,
+                router,
+            });
+        }
         let router = mux::by_protocol(routes);
         let edge = server::Edge::new(
             &config.server,
@@ -308,7 +342,7 @@ impl App {
         Ok(Self {
             listener,
             router,
-            rest,
+            own,
             tls_listener,
             hsm,
             signer,
@@ -352,7 +386,19 @@ impl App {
 
     /// The REST listener's address, with `server.rest_listen`.
     pub fn rest_addr(&self) -> Option<SocketAddr> {
-        self.rest.as_ref().and_then(|(l, _)| l.local_addr().ok())
+        self.own_addr(OwnFront::Rest)
+    }
+
+    /// The Alibaba APIs' listener's address, with `alibaba.listen`.
+    pub fn alibaba_addr(&self) -> Option<SocketAddr> {
+        self.own_addr(OwnFront::Alibaba)
+    }
+
+    fn own_addr(&self, front: OwnFront) -> Option<SocketAddr> {
+        self.own
+            .iter()
+            .find(|o| o.front == front)
+            .and_then(|o| o.listener.local_addr().ok())
     }
 
     /// The signing core.
@@ -401,16 +447,20 @@ impl App {
             Some(listener) => (None, Some((listener, self.tls.clone()))),
             None => (self.tls.clone(), None),
         };
-        let rest = self.rest.map(|(listener, router)| {
-            server::serve(
-                listener,
-                router,
-                self.limits.clone(),
-                plain_tls.clone(),
-                Arc::clone(&self.edge),
-                stop_serving.clone().cancelled_owned(),
-            )
-        });
+        let own: Vec<_> = self
+            .own
+            .into_iter()
+            .map(|o| {
+                tokio::spawn(server::serve(
+                    o.listener,
+                    o.router,
+                    self.limits.clone(),
+                    plain_tls.clone(),
+                    Arc::clone(&self.edge),
+                    stop_serving.clone().cancelled_owned(),
+                ))
+            })
+            .collect();
         let tls = extra_tls.map(|(listener, tls)| {
             tracing::info!(addr = ?listener.local_addr().ok(), "serving over TLS");
             server::serve(
@@ -437,8 +487,10 @@ impl App {
                 stop_serving.clone().cancelled_owned(),
             ),
             async {
-                if let Some(rest) = rest {
-                    rest.await;
+                for task in own {
+                    if let Err(e) = task.await {
+                        tracing::error!(error = %e, "a listener's task failed");
+                    }
                 }
             },
             async {

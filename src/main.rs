@@ -120,6 +120,9 @@ async fn run(mode: Mode) -> Result<(), Box<dyn std::error::Error>> {
     if let Some(addr) = app.tls_addr() {
         println!("p11kms TLS listening on {addr}");
     }
+    if let Some(addr) = app.alibaba_addr() {
+        println!("p11kms Alibaba listening on {addr}");
+    }
     if let Some(addr) = app.admin_addr() {
         println!("p11kms admin listening on {addr}");
     }

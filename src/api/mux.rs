@@ -28,16 +28,17 @@ fn elsewhere(protocol: Protocol) -> (Code, &'static str) {
     match protocol {
         Protocol::Rest => (
             Code::NotFound,
-            "this listener serves gRPC only; the REST API is on the server.rest_listen address",
+            "this listener does not serve the Yandex REST API: it is on the server.rest_listen \
+             address if that is set, else on server.listen",
         ),
         Protocol::Grpc => (
             Code::Unimplemented,
-            "this listener serves the REST API only; gRPC is on the server.listen address",
+            "this listener does not serve gRPC: it is on the server.listen address",
         ),
         Protocol::AlibabaOpenApi | Protocol::AlibabaInstance => (
             Code::Unimplemented,
-            "this listener serves the Yandex REST API only; the Alibaba APIs are on the \
-             server.listen address",
+            "this listener does not serve the Alibaba APIs: they are on the alibaba.listen \
+             address if that is set, else on server.listen",
         ),
     }
 }

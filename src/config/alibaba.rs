@@ -51,6 +51,10 @@ pub struct AlibabaConfig {
     /// expire: a replay is never let through to make room.
     #[serde(default = "default_max_remembered_nonces")]
     pub max_remembered_nonces: usize,
+    /// A listener of their own for the OpenAPI and the instance API (they are also served on
+    /// `server.listen` otherwise, beside the Yandex APIs). Plaintext only on loopback; TLS as
+    /// `[server.tls]` says.
+    pub listen: Option<std::net::SocketAddr>,
 }
 
 impl Default for AlibabaConfig {
@@ -61,6 +65,7 @@ impl Default for AlibabaConfig {
             access_keys: Vec::new(),
             client_keys: Vec::new(),
             max_remembered_nonces: DEFAULT_MAX_REMEMBERED_NONCES,
+            listen: None,
         }
     }
 }

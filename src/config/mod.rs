@@ -711,6 +711,21 @@ impl Config {
         self.audit.validate(base)?;
         self.rate_limit.validate()?;
         self.alibaba.validate(base)?;
+        if let Some(listen) = self.alibaba.listen {
+            if self.server.tls.is_none() && !listen.ip().is_loopback() {
+                return Err(err(format!(
+                    "alibaba.listen: {listen} is not a loopback address, and without server.tls \
+                     the listener would be plaintext; add a [server.tls] section, or listen on \
+                     127.0.0.1 or [::1]"
+                )));
+            }
+            if self.server.tls_listen.is_some() && !listen.ip().is_loopback() {
+                return Err(err(format!(
+                    "alibaba.listen: {listen} is not a loopback address, and with \
+                     server.tls_listen set it is plaintext; listen on 127.0.0.1 or [::1]"
+                )));
+            }
+        }
         if let Some(admin) = &self.admin {
             let api = [
                 Some(self.server.listen),
