@@ -388,6 +388,22 @@ async fn hand_built_refusals_get_their_code_and_never_reach_the_hsm() {
             &["over the limit of 20480 bytes (20481 bytes)"]
         );
     }
+    // Headers over server.max_header_list_size: never readable, so not Rejected.Throttling
+    // (which the SDK retries).
+    {
+        n += 1;
+        let id = format!("hand-built-{n}");
+        let mut h = with(signed("Sign", b"m"), "x-request-id", &id);
+        h.insert("x-padding", "p".repeat(20_000).parse().unwrap());
+        let answer = h2_post(addr, h, vec![Bytes::from_static(b"m")], true).await;
+        expect!(
+            "headers over the header list limit",
+            (id, answer),
+            400,
+            "InvalidParameter",
+            &["server.max_header_list_size"]
+        );
+    }
     // No Content-Length, streamed past the limit: cut off as it grows.
     {
         n += 1;

@@ -207,9 +207,18 @@ impl Protocol {
                 crate::api::alibaba::openapi::OpenApiError::unparseable(message)
                     .into_response(request_id, "")
             }
-            Protocol::Rest | Protocol::AlibabaInstance => {
-                self.error(Code::ResourceExhausted, message, request_id)
+            // Likewise: the instance SDK retries Rejected.Throttling, and this never passes.
+            // Its error message carries its HTTP status, so it stays 400 (InvalidParameter).
+            Protocol::AlibabaInstance => {
+                let mut r = crate::api::alibaba::instance::InstanceError::from_layer(
+                    Code::InvalidArgument,
+                    message,
+                )
+                .to_response(request_id);
+                r.extensions_mut().insert(Outcome(Code::InvalidArgument));
+                return r;
             }
+            Protocol::Rest => self.error(Code::ResourceExhausted, message, request_id),
         };
         *response.status_mut() = http::StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE;
         response
