@@ -5,8 +5,9 @@
 //! has a `createdAt`, and code such as `key.createdAt.toISOString()` fails without it.
 //!
 //! Two replicas adopting one key at the same moment may both write an object; every reader
-//! takes the earliest time, so they agree as soon as each has scanned the other's object (at
-//! the latest one refresh after the later write, which replaces the state nonce).
+//! takes the earliest time, so a replica started later reports it, and a running one as soon
+//! as it has scanned the other's object (on SoftHSM, an object written while another process
+//! writes can stay hidden from that process for a while, see `Hsm::touch_token`).
 
 use super::KeyManager;
 use crate::error::Error;
