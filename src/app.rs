@@ -327,18 +327,13 @@ impl App {
             max_header_list_size,
             methods,
         );
-        let admin = match &config.admin {
-            Some(admin) => {
-                let addr = admin.listen;
-                let listener = TcpListener::bind(addr)
-                    .await
-                    .map_err(|source| StartError::Bind { addr, source })?;
+        let admin = bind_optional(config.admin.as_ref().map(|a| a.listen))
+            .await?
+            .map(|listener| {
                 let observed =
                     Observed::new(hsm.clone(), Arc::clone(&identity), Arc::clone(&registry));
-                Some((listener, observed))
-            }
-            None => None,
-        };
+                (listener, observed)
+            });
         Ok(Self {
             listener,
             router,

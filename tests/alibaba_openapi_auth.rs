@@ -15,9 +15,12 @@
 //! Needs the interop venv and `npm ci` in tests/interop (./scripts/test does both); without
 //! them the test fails and says what to run.
 
+mod common;
+
 use axum::body::Body;
 use axum::extract::State;
 use base64::Engine as _;
+use common::interop::{node_modules, python, repo};
 use http::{Request, Response};
 use p11kms::api::alibaba::openapi::{OpenApiAuth, OpenApiError, OpenApiRequest, Reply};
 use p11kms::auth::access_keys::{AccessKey, AccessKeys};
@@ -28,7 +31,6 @@ use p256::pkcs8::{EncodePublicKey as _, LineEnding};
 use serde_json::Value;
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -107,33 +109,6 @@ async fn serve(secret: &str, nonce_capacity: usize, key: SigningKey) -> (SocketA
     (addr, canned)
 }
 
-fn repo() -> &'static Path {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-}
-
-fn python() -> PathBuf {
-    if let Some(python) = std::env::var_os("P11KMS_INTEROP_PYTHON") {
-        return PathBuf::from(python);
-    }
-    let venv = repo().join(".venv-interop/bin/python");
-    assert!(
-        venv.exists(),
-        "this test needs the official Alibaba Python SDKs: run ./scripts/test to create \
-         .venv-interop (or set P11KMS_INTEROP_PYTHON to a python with tests/interop/requirements.txt)"
-    );
-    venv
-}
-
-fn node_modules() -> PathBuf {
-    let sdk = repo().join("tests/interop/node_modules/@alicloud/kms20160120");
-    assert!(
-        sdk.exists(),
-        "this test needs the npm SDK @alicloud/kms20160120: run ./scripts/test (it runs npm ci \
-         in tests/interop)"
-    );
-    repo().join("tests/interop/node_modules")
-}
-
 /// Runs a script to completion (blocking) and parses its JSON lines by (client, case).
 fn run_script(mut cmd: Command, secret: &str) -> HashMap<(String, String), Value> {
     // Named by program and arguments only: `{cmd:?}` would print the environment, secret too.
@@ -199,7 +174,7 @@ async fn official_sdks_authenticate_and_see_each_refusal_precisely() {
     node.arg(repo().join("tests/interop/alibaba_openapi_auth.js"))
         .arg(addr.to_string())
         .arg(&pem)
-        .env("NODE_PATH", node_modules())
+        .env("NODE_PATH", node_modules("@alicloud/kms20160120"))
         .current_dir(repo().join("tests/interop"));
     let s = secret.clone();
     let mut results = tokio::task::spawn_blocking(move || run_script(py, &s))

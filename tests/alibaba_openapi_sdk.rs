@@ -22,41 +22,14 @@ mod common;
 mod key_service_support;
 
 use common::faultshim::Shim;
+use common::interop::{node_modules, python, repo};
 use common::{dev_key_id, verify, Daemon, Launch, TestToken};
 use key_service_support::Clients;
 use p11kms::crypto::Algorithm;
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
 use std::process::Command;
-
-fn repo() -> &'static Path {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-}
-
-fn python() -> PathBuf {
-    if let Some(python) = std::env::var_os("P11KMS_INTEROP_PYTHON") {
-        return PathBuf::from(python);
-    }
-    let venv = repo().join(".venv-interop/bin/python");
-    assert!(
-        venv.exists(),
-        "this test needs the official Alibaba Python SDKs: run ./scripts/test to create \
-         .venv-interop (or set P11KMS_INTEROP_PYTHON to a python with tests/interop/requirements.txt)"
-    );
-    venv
-}
-
-fn node_modules() -> PathBuf {
-    let sdk = repo().join("tests/interop/node_modules/@alicloud/kms20160120");
-    assert!(
-        sdk.exists(),
-        "this test needs the npm SDK @alicloud/kms20160120: run ./scripts/test (it runs npm ci \
-         in tests/interop)"
-    );
-    repo().join("tests/interop/node_modules")
-}
 
 /// The daemon's AccessKey pair (written by dev mode into the template the token copies).
 fn access_key(token: &TestToken) -> (String, String) {
@@ -367,7 +340,7 @@ async fn refusals_cost_no_hsm_call() {
     node.arg(repo().join("tests/interop/alibaba_openapi_sdk.js"))
         .arg(daemon.addr().to_string())
         .arg(dev_key_id(Algorithm::Rsa2048PssSha256))
-        .env("NODE_PATH", node_modules())
+        .env("NODE_PATH", node_modules("@alicloud/kms20160120"))
         .current_dir(repo().join("tests/interop"));
     let node = run_script(node, &ak).await;
     assert_eq!(node["verified"], 2, "{node}");

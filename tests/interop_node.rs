@@ -11,24 +11,10 @@
 
 mod common;
 
+use common::interop::{node_modules, repo};
 use common::{Launch, TestToken};
 use serde_json::Value;
-use std::path::Path;
 use std::process::Command;
-
-fn repo() -> &'static Path {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-}
-
-fn node_modules() -> std::path::PathBuf {
-    let modules = repo().join("tests/interop/node_modules");
-    assert!(
-        modules.join("@yandex-cloud/nodejs-sdk").exists(),
-        "this test needs the npm SDK @yandex-cloud/nodejs-sdk: run ./scripts/test (it runs npm ci \
-         in tests/interop)"
-    );
-    modules
-}
 
 #[tokio::test(flavor = "multi_thread")]
 async fn official_node_sdk_signs_over_tls_and_plaintext_and_sees_request_ids() {
@@ -57,7 +43,7 @@ async fn official_node_sdk_signs_over_tls_and_plaintext_and_sees_request_ids() {
         // The dev certificate names localhost and 127.0.0.1.
         .arg(format!("localhost:{}", daemon.tls_addr().port()))
         .arg(state.join("ca.pem"))
-        .env("NODE_PATH", node_modules())
+        .env("NODE_PATH", node_modules("@yandex-cloud/nodejs-sdk"))
         .env("P11KMS_TOKEN", daemon.admin_token())
         .current_dir(repo().join("tests/interop"))
         .output()

@@ -9,23 +9,11 @@
 
 mod common;
 
+use common::interop::python;
 use common::tls::{Ca, Mtls, TlsDir};
 use common::{Daemon, TestToken};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
-
-fn python() -> PathBuf {
-    if let Some(python) = std::env::var_os("P11KMS_INTEROP_PYTHON") {
-        return PathBuf::from(python);
-    }
-    let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv-interop/bin/python");
-    assert!(
-        venv.exists(),
-        "the interop tests need the official Yandex Cloud Python SDK: run ./scripts/test to create \
-         .venv-interop (or set P11KMS_INTEROP_PYTHON to a python with tests/interop/requirements.txt)"
-    );
-    venv
-}
 
 /// Runs `sdk_tls.py ENDPOINT CA` against a TLS daemon; `advertise` is `server.advertise_address`.
 fn run_sdk(endpoint_host: &str, listen: Option<&str>, advertise: Option<&str>) {

@@ -68,6 +68,7 @@
 pub mod alibaba;
 pub mod faultshim;
 pub mod h2raw;
+pub mod interop;
 pub mod jwt;
 pub mod lateness;
 pub mod load;
